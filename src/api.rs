@@ -1,0 +1,235 @@
+//! HTTP JSON API (axum): thin handlers over intake, spool and scheduler.
+
+use crate::config::parse_duration;
+use crate::intake::{Intake, IntakeError, RecipientSpec, Submission};
+use crate::spool::{Lookup, Priority};
+use crate::verp::{id_str, parse_id};
+use axum::body::{to_bytes, Body};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub struct ApiState {
+    pub intake: Arc<Intake>,
+    pub token: Option<String>,
+}
+
+type St = State<Arc<ApiState>>;
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/messages", post(inject))
+        .route("/api/v1/messages/{id}", get(message))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/pause", post(pause))
+        .route("/api/v1/resume", post(resume))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(api)
+        .fallback(|| async { err(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
+}
+
+fn err(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(json!({"error": msg.into()}))).into_response()
+}
+
+async fn auth(State(st): St, headers: HeaderMap, req: Request, next: Next) -> Response {
+    if let Some(token) = &st.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let ok = given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |a, (x, y)| a | (x ^ y))
+                == 0;
+        if !ok {
+            return err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        }
+    }
+    next.run(req).await
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RecipientIn {
+    Plain(String),
+    Full {
+        email: String,
+        #[serde(default)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InjectIn {
+    #[serde(default)]
+    campaign: Option<String>,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    pool: Option<String>,
+    #[serde(default)]
+    priority: Option<String>,
+    #[serde(default)]
+    expires_in: Option<String>,
+    recipients: Vec<RecipientIn>,
+    content: String,
+}
+
+async fn inject(State(st): St, body: Body) -> Response {
+    let limit = st.intake.cfg.intake.max_request_size;
+    let bytes = match to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds max_request_size ({limit} bytes)"),
+            )
+        }
+    };
+    let req: InjectIn = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    let priority = match req.priority.as_deref() {
+        None | Some("bulk") => Priority::Bulk,
+        Some("transactional") => Priority::Transactional,
+        Some(p) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("priority {p:?} is not \"bulk\" or \"transactional\""),
+            )
+        }
+    };
+    let expires_in = match req.expires_in.as_deref().map(parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => return err(StatusCode::BAD_REQUEST, format!("expires_in: {e}")),
+    };
+    if req.recipients.is_empty() {
+        return err(StatusCode::BAD_REQUEST, "recipients is empty");
+    }
+    if req.content.len() > st.intake.cfg.intake.max_message_size {
+        return err(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "content is {} bytes, over max_message_size ({} bytes)",
+                req.content.len(),
+                st.intake.cfg.intake.max_message_size
+            ),
+        );
+    }
+    let sub = Submission {
+        campaign: req.campaign,
+        tenant: req.tenant,
+        pool: req.pool,
+        priority,
+        expires_in,
+        recipients: req
+            .recipients
+            .into_iter()
+            .map(|r| match r {
+                RecipientIn::Plain(email) => RecipientSpec { email, id: None },
+                RecipientIn::Full { email, id } => RecipientSpec { email, id },
+            })
+            .collect(),
+        content: req.content.into_bytes(),
+        strip_intake_headers: false,
+    };
+    match st.intake.submit(sub).await {
+        Ok(receipt) => (StatusCode::ACCEPTED, Json(receipt)).into_response(),
+        Err(IntakeError::NoRecipients(rejected)) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "no valid recipient", "accepted": 0, "messages": [], "rejected": rejected})),
+        )
+            .into_response(),
+        Err(IntakeError::Message(e)) => {
+            let code = if matches!(e, crate::intake::message::MessageError::TooLarge(..)) {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            err(code, format!("content: {e}"))
+        }
+        Err(IntakeError::Busy(e)) => err(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(IntakeError::Spool(e)) => {
+            tracing::error!(error = %e, "spool write failed");
+            err(StatusCode::INTERNAL_SERVER_ERROR, "local storage error; nothing was accepted")
+        }
+        Err(e) => err(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+async fn message(State(st): St, Path(id): Path<String>) -> Response {
+    let Some(n) = parse_id(&id.to_ascii_lowercase()) else {
+        return err(StatusCode::BAD_REQUEST, "id must be 16 hex digits");
+    };
+    let lookup = {
+        let spool = st.intake.spool.clone();
+        tokio::task::spawn_blocking(move || spool.lookup(n)).await
+    };
+    let (state, d) = match lookup {
+        Ok(Ok(Some(Lookup::Active(d)))) => (if d.attempts == 0 { "queued" } else { "deferred" }, d),
+        Ok(Ok(Some(Lookup::Finished(f)))) => (f.state.as_str(), f.delivery),
+        Ok(Ok(None)) => return err(StatusCode::NOT_FOUND, format!("no delivery {id}")),
+        Ok(Err(e)) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let attempts: Vec<Value> = d
+        .history
+        .iter()
+        .map(|a| {
+            json!({"ts": crate::clock::rfc3339(a.ts), "mx": a.mx, "ip": a.ip, "code": a.code,
+                   "enhanced": a.enhanced, "response": a.response})
+        })
+        .collect();
+    Json(json!({
+        "id": id_str(d.id),
+        "state": state,
+        "recipient": d.recipient,
+        "recipient_id": d.recipient_id,
+        "campaign": d.campaign,
+        "tenant": d.tenant,
+        "envelope_from": d.envelope_from,
+        "created": crate::clock::rfc3339(d.created_ms),
+        "expires": crate::clock::rfc3339(d.expires_ms),
+        "next_attempt": if d.attempts > 0 && state == "deferred" { Some(crate::clock::rfc3339(d.next_ms)) } else { None },
+        "attempt_count": d.attempts,
+        "attempts": attempts,
+    }))
+    .into_response()
+}
+
+async fn status(State(st): St) -> Response {
+    let totals = st.intake.sched.totals();
+    let dests = st.intake.sched.destinations(100);
+    Json(json!({
+        "totals": totals,
+        "destinations": dests,
+        "spool_bytes": st.intake.spool.file_bytes(),
+    }))
+    .into_response()
+}
+
+async fn pause(State(st): St) -> Response {
+    st.intake.sched.set_paused(true);
+    Json(json!({"paused": true})).into_response()
+}
+
+async fn resume(State(st): St) -> Response {
+    st.intake.sched.set_paused(false);
+    Json(json!({"paused": false})).into_response()
+}

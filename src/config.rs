@@ -1,0 +1,682 @@
+//! Configuration: `sluice.toml`, parsed with serde + toml, validated with file/line/key errors.
+//!
+//! Durations are written as strings like `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"5d"`. Relative
+//! paths resolve from the config file's folder. Unknown keys are errors.
+
+use serde::{Deserialize, Deserializer};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One problem found in a config file, located by file, line and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{}: {}: {}", self.file.display(), l, self.key, self.message),
+            None => write!(f, "{}: {}: {}", self.file.display(), self.key, self.message),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+/// A duration written as `"30s"`, `"5m"`, `"2h"`, `"5d"`, `"250ms"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub fn secs(s: u64) -> Dur {
+        Dur(Duration::from_secs(s))
+    }
+}
+
+/// Parse `"30s"`-style durations.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m, h, d)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("duration {s:?} must start with a whole number"))?;
+    let mult_ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        u => return Err(format!("unknown duration unit {u:?} in {s:?} (use ms, s, m, h, d)")),
+    };
+    n.checked_mul(mult_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration {s:?} is too large"))
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// EHLO name of outgoing connections.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default)]
+    pub spool: SpoolCfg,
+    #[serde(default)]
+    pub dns: DnsCfg,
+    #[serde(default)]
+    pub delivery: DeliveryCfg,
+    pub verp: VerpCfg,
+    #[serde(default)]
+    pub events: EventsCfg,
+    #[serde(default)]
+    pub api: ApiCfg,
+    #[serde(default)]
+    pub intake: IntakeCfg,
+    /// Folder of the config file; relative paths were resolved against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The file this config came from (for messages).
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+fn default_hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    #[serde(default = "default_http")]
+    pub http: SocketAddr,
+    /// SMTP submission listener; absent = no SMTP intake.
+    #[serde(default = "default_smtp")]
+    pub smtp: Option<SocketAddr>,
+    /// CIDRs allowed to relay through the SMTP listener.
+    #[serde(default = "default_allow")]
+    pub smtp_allow: Vec<String>,
+}
+
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8025))
+}
+fn default_smtp() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 2525)))
+}
+fn default_allow() -> Vec<String> {
+    vec!["127.0.0.0/8".into(), "::1/128".into()]
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            http: default_http(),
+            smtp: default_smtp(),
+            smtp_allow: default_allow(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolCfg {
+    #[serde(default = "default_spool_path")]
+    pub path: PathBuf,
+    /// Intake stops (452/503) when the spool's filesystem is fuller than this.
+    #[serde(default = "default_disk_pct")]
+    pub max_disk_percent: u8,
+    /// Intake stops when this many deliveries are queued.
+    #[serde(default = "default_max_queued")]
+    pub max_queued: u64,
+    /// How long finished deliveries stay queryable through the API.
+    #[serde(default = "default_keep_finished")]
+    pub keep_finished: Dur,
+}
+
+fn default_spool_path() -> PathBuf {
+    PathBuf::from("spool/sluice.redb")
+}
+fn default_disk_pct() -> u8 {
+    90
+}
+fn default_max_queued() -> u64 {
+    5_000_000
+}
+fn default_keep_finished() -> Dur {
+    Dur::secs(7 * 86400)
+}
+
+impl Default for SpoolCfg {
+    fn default() -> Self {
+        SpoolCfg {
+            path: default_spool_path(),
+            max_disk_percent: default_disk_pct(),
+            max_queued: default_max_queued(),
+            keep_finished: default_keep_finished(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DnsCfg {
+    /// "ip:port" of recursive resolvers; empty = the system's resolver configuration.
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+    /// Per-query timeout (default 5s).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// STARTTLS when offered; a failed handshake falls back to plain text next attempt.
+    #[default]
+    Opportunistic,
+    /// Never STARTTLS.
+    Disabled,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryCfg {
+    /// Remote SMTP port (25 in production; tests use another).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Timeout for each SMTP command reply (banner, EHLO, MAIL, RCPT, DATA).
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout: Dur,
+    /// Timeout for the reply after the message data.
+    #[serde(default = "default_data_timeout")]
+    pub data_timeout: Dur,
+    /// Retry intervals after each deferral; the last one repeats.
+    #[serde(default = "default_retry")]
+    pub retry: Vec<Dur>,
+    /// A delivery older than this expires wherever it waits.
+    #[serde(default = "default_max_age")]
+    pub max_age: Dur,
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// How long a host whose STARTTLS failed is contacted without TLS.
+    #[serde(default = "default_tls_broken")]
+    pub tls_broken_for: Dur,
+    /// Concurrent connections per destination (until MX rules say otherwise).
+    #[serde(default = "default_conns")]
+    pub max_connections_per_destination: u32,
+    /// Messages carried by one connection before QUIT and reconnect.
+    #[serde(default = "default_mpc")]
+    pub messages_per_connection: u32,
+    /// Concurrent outgoing connections in total.
+    #[serde(default = "default_total")]
+    pub max_connections: u32,
+    /// Local address outgoing connections bind to (default: chosen by the OS).
+    #[serde(default)]
+    pub source_ip: Option<IpAddr>,
+}
+
+fn default_port() -> u16 {
+    25
+}
+fn default_connect_timeout() -> Dur {
+    Dur::secs(30)
+}
+fn default_command_timeout() -> Dur {
+    Dur::secs(300)
+}
+fn default_data_timeout() -> Dur {
+    Dur::secs(600)
+}
+fn default_retry() -> Vec<Dur> {
+    [300, 600, 1200, 3600, 7200, 14400]
+        .into_iter()
+        .map(Dur::secs)
+        .collect()
+}
+fn default_max_age() -> Dur {
+    Dur::secs(5 * 86400)
+}
+fn default_tls_broken() -> Dur {
+    Dur::secs(3600)
+}
+fn default_conns() -> u32 {
+    20
+}
+fn default_mpc() -> u32 {
+    100
+}
+fn default_total() -> u32 {
+    1000
+}
+
+impl Default for DeliveryCfg {
+    fn default() -> Self {
+        DeliveryCfg {
+            port: default_port(),
+            connect_timeout: default_connect_timeout(),
+            command_timeout: default_command_timeout(),
+            data_timeout: default_data_timeout(),
+            retry: default_retry(),
+            max_age: default_max_age(),
+            tls: TlsMode::default(),
+            tls_broken_for: default_tls_broken(),
+            max_connections_per_destination: default_conns(),
+            messages_per_connection: default_mpc(),
+            max_connections: default_total(),
+            source_ip: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerpCfg {
+    /// Feedback domain: MAIL FROM is `<prefix>-<code>@<domain>`.
+    pub domain: String,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// HMAC key that signs every VERP code.
+    pub secret: String,
+}
+
+fn default_prefix() -> String {
+    "b".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsCfg {
+    #[serde(default = "default_events_path")]
+    pub path: PathBuf,
+}
+
+fn default_events_path() -> PathBuf {
+    PathBuf::from("events.jsonl")
+}
+
+impl Default for EventsCfg {
+    fn default() -> Self {
+        EventsCfg {
+            path: default_events_path(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ApiCfg {
+    /// When set, `/api/...` needs `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeCfg {
+    #[serde(default = "default_msg_size")]
+    pub max_message_size: usize,
+    #[serde(default = "default_req_size")]
+    pub max_request_size: usize,
+    /// Recipients accepted in one request or SMTP transaction.
+    #[serde(default = "default_max_rcpt")]
+    pub max_recipients: usize,
+}
+
+fn default_msg_size() -> usize {
+    26_214_400
+}
+fn default_req_size() -> usize {
+    67_108_864
+}
+fn default_max_rcpt() -> usize {
+    1_000_000
+}
+
+impl Default for IntakeCfg {
+    fn default() -> Self {
+        IntakeCfg {
+            max_message_size: default_msg_size(),
+            max_request_size: default_req_size(),
+            max_recipients: default_max_rcpt(),
+        }
+    }
+}
+
+/// A parsed IPv4/IPv6 network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub bits: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, b) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP network (e.g. \"10.0.0.0/8\")"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = match b {
+            Some(b) => b
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("{s:?} has an invalid prefix length"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, bits })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                let mask = if self.bits == 0 { 0 } else { u32::MAX << (32 - self.bits) };
+                u32::from(n) & mask == u32::from(i) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => {
+                let mask = if self.bits == 0 { 0 } else { u128::MAX << (128 - self.bits) };
+                u128::from(n) & mask == u128::from(i) & mask
+            }
+            _ => false,
+        }
+    }
+
+    pub fn is_everything(&self) -> bool {
+        self.bits == 0
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_str_at(&text, path)
+    }
+
+    /// Parse and validate config text as if read from `path`.
+    pub fn from_str_at(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            let msg = e.message().to_string();
+            let key = backticked(&msg).unwrap_or_else(|| "(syntax)".into());
+            ConfigError::Invalid(vec![ConfigIssue {
+                file: path.to_path_buf(),
+                line,
+                key,
+                message: msg,
+            }])
+        })?;
+        cfg.file = path.to_path_buf();
+        cfg.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        if cfg.base_dir.as_os_str().is_empty() {
+            cfg.base_dir = PathBuf::from(".");
+        }
+        let issues = cfg.validate(text);
+        if !issues.is_empty() {
+            return Err(ConfigError::Invalid(issues));
+        }
+        cfg.spool.path = cfg.resolve(&cfg.spool.path);
+        cfg.events.path = cfg.resolve(&cfg.events.path);
+        Ok(cfg)
+    }
+
+    /// Resolve a path relative to the config file's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    pub fn smtp_allow(&self) -> Vec<Cidr> {
+        self.listen
+            .smtp_allow
+            .iter()
+            .filter_map(|s| Cidr::parse(s).ok())
+            .collect()
+    }
+
+    fn validate(&self, text: &str) -> Vec<ConfigIssue> {
+        let mut out = Vec::new();
+        let mut issue = |section: &str, key: &str, message: String| {
+            out.push(ConfigIssue {
+                file: self.file.clone(),
+                line: locate(text, section, key),
+                key: if section.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{section}.{key}")
+                },
+                message,
+            });
+        };
+        if self.hostname.trim().is_empty() || self.hostname.contains(char::is_whitespace) {
+            issue("", "hostname", "must be a host name without spaces".into());
+        }
+        if self.verp.domain.trim().is_empty() || !self.verp.domain.contains('.') {
+            issue("verp", "domain", "must be a fully qualified domain".into());
+        }
+        if self.verp.prefix.is_empty()
+            || !self
+                .verp
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.')
+        {
+            issue(
+                "verp",
+                "prefix",
+                "must be lowercase letters, digits or dots".into(),
+            );
+        }
+        if self.verp.secret.len() < 16 {
+            issue(
+                "verp",
+                "secret",
+                "must be at least 16 characters (it signs every VERP address)".into(),
+            );
+        }
+        if self.delivery.retry.is_empty() {
+            issue("delivery", "retry", "needs at least one interval".into());
+        }
+        if self.delivery.retry.iter().any(|d| d.0.is_zero()) {
+            issue("delivery", "retry", "intervals must be above zero".into());
+        }
+        if self.delivery.max_age.0.is_zero() {
+            issue("delivery", "max_age", "must be above zero".into());
+        }
+        if self.delivery.max_connections_per_destination == 0 {
+            issue(
+                "delivery",
+                "max_connections_per_destination",
+                "must be at least 1".into(),
+            );
+        }
+        if self.delivery.messages_per_connection == 0 {
+            issue("delivery", "messages_per_connection", "must be at least 1".into());
+        }
+        if self.delivery.max_connections == 0 {
+            issue("delivery", "max_connections", "must be at least 1".into());
+        }
+        if self.spool.max_disk_percent == 0 || self.spool.max_disk_percent > 100 {
+            issue("spool", "max_disk_percent", "must be between 1 and 100".into());
+        }
+        if self.intake.max_message_size == 0 {
+            issue("intake", "max_message_size", "must be above zero".into());
+        }
+        if self.intake.max_request_size < 1024 {
+            issue("intake", "max_request_size", "must be at least 1024".into());
+        }
+        if let Some(t) = &self.api.token {
+            if t.len() < 16 {
+                issue("api", "token", "must be at least 16 characters".into());
+            }
+        }
+        if !self.listen.http.ip().is_loopback() && self.api.token.is_none() {
+            issue(
+                "listen",
+                "http",
+                format!(
+                    "{} is reachable beyond loopback: set [api] token first",
+                    self.listen.http
+                ),
+            );
+        }
+        for c in &self.listen.smtp_allow {
+            match Cidr::parse(c) {
+                Err(e) => issue("listen", "smtp_allow", e),
+                Ok(n) if n.is_everything() => issue(
+                    "listen",
+                    "smtp_allow",
+                    format!("{c:?} lets the whole internet relay: list your injectors' networks"),
+                ),
+                Ok(_) => {}
+            }
+        }
+        out
+    }
+}
+
+/// 1-based line of a byte offset.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn backticked(msg: &str) -> Option<String> {
+    let start = msg.find('`')? + 1;
+    let len = msg[start..].find('`')?;
+    Some(msg[start..start + len].to_string())
+}
+
+/// Find the line where `key` is set inside `[section]` (or at top level when section is "").
+pub fn locate(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            current = line.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            if current == section && key.is_empty() {
+                return Some(i + 1);
+            }
+            continue;
+        }
+        if current == section {
+            if let Some((k, _)) = line.split_once('=') {
+                if k.trim() == key {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    if !section.is_empty() {
+        return locate(text, section, "");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "hostname = \"mta.example.com\"\n[verp]\ndomain = \"fb.example.com\"\nsecret = \"0123456789abcdef0123\"\n";
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5d").unwrap(), Duration::from_secs(432000));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5w").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_str_at(BASE, Path::new("/etc/sluice/sluice.toml")).unwrap();
+        assert_eq!(c.delivery.port, 25);
+        assert_eq!(c.delivery.max_age.0, Duration::from_secs(5 * 86400));
+        assert_eq!(c.intake.max_message_size, 26_214_400);
+        assert_eq!(c.spool.path, PathBuf::from("/etc/sluice/spool/sluice.redb"));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let text = format!("{BASE}[delivery]\nport = 2525\nretyr = [\"1m\"]\n");
+        let e = Config::from_str_at(&text, Path::new("s.toml")).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("s.toml:7"), "{s}");
+        assert!(s.contains("retyr"), "{s}");
+    }
+
+    #[test]
+    fn semantic_errors_are_located() {
+        let text = BASE.replace("0123456789abcdef0123", "short");
+        let e = Config::from_str_at(&text, Path::new("s.toml")).unwrap_err();
+        assert_eq!(e.to_string(), "s.toml:4: verp.secret: must be at least 16 characters (it signs every VERP address)");
+    }
+
+    #[test]
+    fn open_exposure_is_refused() {
+        let text = format!("{BASE}[listen]\nhttp = \"0.0.0.0:8025\"\nsmtp_allow = [\"0.0.0.0/0\"]\n");
+        let e = Config::from_str_at(&text, Path::new("s.toml")).unwrap_err().to_string();
+        assert!(e.contains("listen.http"), "{e}");
+        assert!(e.contains("whole internet"), "{e}");
+    }
+
+    #[test]
+    fn cidr() {
+        let c = Cidr::parse("127.0.0.0/8").unwrap();
+        assert!(c.contains("127.3.4.5".parse().unwrap()));
+        assert!(!c.contains("10.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("::1/128").unwrap().contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("1.2.3.4/40").is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! Outcomes: every attempt ends in exactly one of delivered / deferred / bounced / expired.
+//! Each updates the spool, the queue counters and emits its event.
+
+use super::Ctx;
+use crate::clock::rfc3339;
+use crate::events::Event;
+use crate::spool::{Attempt, Delivery, FinalState};
+use crate::verp::id_str;
+use rand::Rng;
+
+/// Where and how an attempt happened.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptInfo {
+    pub mx: Option<String>,
+    pub ip: Option<String>,
+    pub source_ip: Option<String>,
+    pub code: Option<u16>,
+    pub enhanced: Option<String>,
+    pub response: String,
+    pub tls: Option<String>,
+}
+
+pub fn base_event(kind: &str, d: &Delivery, ts_ms: u64) -> Event {
+    Event {
+        ts: rfc3339(ts_ms),
+        event: kind.to_string(),
+        id: Some(id_str(d.id)),
+        campaign: d.campaign.clone(),
+        tenant: d.tenant.clone(),
+        recipient: Some(d.recipient.clone()),
+        recipient_id: d.recipient_id.clone(),
+        envelope_from: Some(d.envelope_from.clone()),
+        ..Event::default()
+    }
+}
+
+fn attempt_event(kind: &str, d: &Delivery, a: &AttemptInfo, ts: u64) -> Event {
+    let mut e = base_event(kind, d, ts);
+    e.mx = a.mx.clone();
+    e.ip = a.ip.clone();
+    e.source_ip = a.source_ip.clone();
+    e.code = a.code;
+    e.enhanced = a.enhanced.clone();
+    e.response = Some(a.response.clone());
+    e.attempt = Some(d.attempts);
+    e.tls = Some(a.tls.clone().unwrap_or_else(|| "none".into()));
+    e
+}
+
+fn record(d: &mut Delivery, a: &AttemptInfo, now: u64) {
+    d.record_attempt(Attempt {
+        ts: now,
+        mx: a.mx.clone(),
+        ip: a.ip.clone(),
+        code: a.code,
+        enhanced: a.enhanced.clone(),
+        response: a.response.clone(),
+    });
+}
+
+fn short(a: &AttemptInfo) -> String {
+    let mut s = a.response.clone();
+    s.truncate(200);
+    s
+}
+
+impl Ctx {
+    pub async fn delivered(&self, mut d: Delivery, a: AttemptInfo) {
+        let now = self.clock.now_ms();
+        record(&mut d, &a, now);
+        if let Err(e) = self.spool.finish(&d, FinalState::Delivered).await {
+            tracing::error!(id = %id_str(d.id), error = %e, "cannot record delivery");
+        }
+        self.events.emit(attempt_event("delivered", &d, &a, now));
+        self.sched.settle(d.domain(), Some(short(&a)));
+    }
+
+    pub async fn bounced(&self, mut d: Delivery, a: AttemptInfo) {
+        let now = self.clock.now_ms();
+        record(&mut d, &a, now);
+        if let Err(e) = self.spool.finish(&d, FinalState::Bounced).await {
+            tracing::error!(id = %id_str(d.id), error = %e, "cannot record bounce");
+        }
+        self.events.emit(attempt_event("bounced", &d, &a, now));
+        self.sched.settle(d.domain(), Some(short(&a)));
+    }
+
+    /// A temporary failure: schedule the next attempt (with ±10 % jitter so a wave of
+    /// deferrals does not come back in the same second), never past the expiry.
+    pub async fn deferred(&self, mut d: Delivery, a: AttemptInfo) {
+        let now = self.clock.now_ms();
+        record(&mut d, &a, now);
+        let retry = &self.cfg.delivery.retry;
+        let idx = (d.attempts as usize).saturating_sub(1).min(retry.len().saturating_sub(1));
+        let base = retry.get(idx).map(|r| r.0.as_millis() as u64).unwrap_or(300_000);
+        let jitter = rand::rng().random_range(0..=base / 5);
+        d.next_ms = now + base - base / 10 + jitter;
+        if let Err(e) = self.spool.update(&d).await {
+            tracing::error!(id = %id_str(d.id), error = %e, "cannot record deferral");
+        }
+        let mut ev = attempt_event("deferred", &d, &a, now);
+        ev.next_attempt = Some(rfc3339(d.next_ms.min(d.expires_ms)));
+        self.events.emit(ev);
+        let dest = d.domain().to_string();
+        self.sched.add(d);
+        self.sched.settle(&dest, Some(short(&a)));
+    }
+
+    pub async fn expired(&self, d: Delivery) {
+        let now = self.clock.now_ms();
+        if let Err(e) = self.spool.finish(&d, FinalState::Expired).await {
+            tracing::error!(id = %id_str(d.id), error = %e, "cannot record expiry");
+        }
+        let mut ev = base_event("expired", &d, now);
+        ev.attempt = Some(d.attempts);
+        if let Some(last) = d.history.last() {
+            ev.code = last.code;
+            ev.enhanced = last.enhanced.clone();
+            ev.mx = last.mx.clone();
+            ev.ip = last.ip.clone();
+            ev.response = Some(format!("expired after {} attempts; last: {}", d.attempts, last.response));
+        } else {
+            ev.response = Some("expired before any attempt".into());
+        }
+        self.events.emit(ev);
+        self.sched.settle(d.domain(), None);
+    }
+}

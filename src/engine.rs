@@ -1,0 +1,180 @@
+//! Wires the parts together: spool → scheduler → delivery, intake (HTTP, SMTP), events.
+
+use crate::api::{self, ApiState};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::delivery::{self, Ctx};
+use crate::dns::{DnsSetupError, Resolver};
+use crate::events::{Event, Events, EventsError};
+use crate::intake::{smtp, Intake};
+use crate::queue::Scheduler;
+use crate::spool::{Spool, SpoolError};
+use crate::verp::Verp;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Events(#[from] EventsError),
+    #[error(transparent)]
+    Dns(#[from] DnsSetupError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+}
+
+/// A running engine.
+pub struct Engine {
+    http_addr: SocketAddr,
+    smtp_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    spool: Spool,
+    events: Events,
+    sched: Arc<Scheduler>,
+    recovered: usize,
+}
+
+impl Engine {
+    /// Open the spool, recover its deliveries, bind the listeners and start every task.
+    pub async fn start(cfg: Config, clock: Clock) -> Result<Engine, EngineError> {
+        let cfg = Arc::new(cfg);
+        let spool = Spool::open(
+            &cfg.spool.path,
+            clock.clone(),
+            cfg.spool.keep_finished.0.as_millis() as u64,
+        )?;
+        let (events, _events_task) = Events::start(&cfg.events.path)?;
+        let dns = Arc::new(Resolver::new(&cfg.dns)?);
+        let (sched, conn_rx, expired_rx) =
+            Scheduler::new(clock.clone(), cfg.delivery.max_connections_per_destination);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let http = TcpListener::bind(cfg.listen.http)
+            .await
+            .map_err(|e| EngineError::Listen(cfg.listen.http, e))?;
+        let http_addr = http
+            .local_addr()
+            .map_err(|e| EngineError::Listen(cfg.listen.http, e))?;
+        let smtp_listener = match cfg.listen.smtp {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|e| EngineError::Listen(a, e))?,
+            ),
+            None => None,
+        };
+        let smtp_addr = smtp_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        // Recover what was queued before a stop or crash.
+        let recovered = {
+            let s = spool.clone();
+            tokio::task::spawn_blocking(move || s.load_active())
+                .await
+                .map_err(|e| SpoolError::Db(e.to_string()))??
+        };
+        let recovered_n = recovered.len();
+        if recovered_n > 0 {
+            tracing::info!(deliveries = recovered_n, "recovered queued deliveries from the spool");
+        }
+        sched.add_many(recovered);
+
+        let ctx = Arc::new(Ctx {
+            cfg: cfg.clone(),
+            sched: sched.clone(),
+            spool: spool.clone(),
+            dns,
+            events: events.clone(),
+            clock: clock.clone(),
+            tls_broken: Default::default(),
+            connections: Arc::new(Semaphore::new(cfg.delivery.max_connections as usize)),
+        });
+        let intake = Arc::new(Intake {
+            cfg: cfg.clone(),
+            spool: spool.clone(),
+            sched: sched.clone(),
+            events: events.clone(),
+            verp: Verp::new(&cfg.verp.domain, &cfg.verp.prefix, &cfg.verp.secret),
+            clock: clock.clone(),
+        });
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(sched.clone().run_timer(shutdown_rx.clone())));
+        tasks.push(tokio::spawn(delivery::run_dispatcher(
+            ctx.clone(),
+            conn_rx,
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(delivery::run_expiry(
+            ctx.clone(),
+            expired_rx,
+            shutdown_rx.clone(),
+        )));
+        if let Some(l) = smtp_listener {
+            tasks.push(tokio::spawn(smtp::run(
+                l,
+                intake.clone(),
+                cfg.smtp_allow(),
+                shutdown_rx.clone(),
+            )));
+        }
+        let router = api::router(Arc::new(ApiState {
+            intake: intake.clone(),
+            token: cfg.api.token.clone(),
+        }));
+        let mut srx = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = axum::serve(http, router)
+                .with_graceful_shutdown(async move {
+                    let _ = srx.changed().await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }));
+        tracing::info!(http = %http_addr, smtp = ?smtp_addr, "sluice started");
+        Ok(Engine {
+            http_addr,
+            smtp_addr,
+            shutdown,
+            tasks,
+            spool,
+            events,
+            sched,
+            recovered: recovered_n,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+    pub fn smtp_addr(&self) -> Option<SocketAddr> {
+        self.smtp_addr
+    }
+    /// Deliveries recovered from the spool at start.
+    pub fn recovered(&self) -> usize {
+        self.recovered
+    }
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.events.subscribe()
+    }
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.sched
+    }
+
+    /// Stop listeners and connections, flush the spool and release its file.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let spool = self.spool.clone();
+        let _ = tokio::task::spawn_blocking(move || spool.close()).await;
+    }
+}

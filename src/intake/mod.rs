@@ -1,0 +1,205 @@
+//! Intake: turns a submission (HTTP or SMTP) into durable, queued deliveries.
+//!
+//! Validate everything first, then store the body once and one small record per recipient
+//! in a single group-committed spool write, and only then acknowledge and queue them.
+
+pub mod address;
+pub mod message;
+pub mod smtp;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::delivery::outcome::base_event;
+use crate::events::Events;
+use crate::queue::Scheduler;
+use crate::spool::{Delivery, Priority, Spool, SpoolError};
+use crate::verp::{id_str, Verp};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One recipient of a submission.
+#[derive(Debug, Clone)]
+pub struct RecipientSpec {
+    pub email: String,
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    pub campaign: Option<String>,
+    pub tenant: Option<String>,
+    pub pool: Option<String>,
+    pub priority: Priority,
+    pub expires_in: Option<Duration>,
+    pub recipients: Vec<RecipientSpec>,
+    pub content: Vec<u8>,
+    /// Take X-Sluice-* / x-job / x-virtual-mta headers out of the content (SMTP intake).
+    pub strip_intake_headers: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AcceptedRecipient {
+    pub id: String,
+    pub recipient: String,
+    pub envelope_from: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RejectedRecipient {
+    pub recipient: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Receipt {
+    pub accepted: usize,
+    pub messages: Vec<AcceptedRecipient>,
+    pub rejected: Vec<RejectedRecipient>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("{0}")]
+    Message(#[from] message::MessageError),
+    #[error("no valid recipient")]
+    NoRecipients(Vec<RejectedRecipient>),
+    #[error("{0} recipients in one submission; the limit is {1}")]
+    TooManyRecipients(usize, usize),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Spool(#[from] SpoolError),
+}
+
+pub struct Intake {
+    pub cfg: Arc<Config>,
+    pub spool: Spool,
+    pub sched: Arc<Scheduler>,
+    pub events: Events,
+    pub verp: Verp,
+    pub clock: Clock,
+}
+
+fn clean_label(what: &str, v: Option<String>) -> Result<Option<String>, IntakeError> {
+    match v {
+        Some(s) if s.chars().any(|c| c.is_control()) => Err(IntakeError::Invalid(format!(
+            "{what} contains control characters"
+        ))),
+        Some(s) if s.len() > 200 => Err(IntakeError::Invalid(format!("{what} is longer than 200 characters"))),
+        Some(s) if s.trim().is_empty() => Ok(None),
+        other => Ok(other),
+    }
+}
+
+impl Intake {
+    /// Is there room for `n` more deliveries? (back-pressure)
+    pub fn check_capacity(&self, n: usize) -> Result<(), IntakeError> {
+        let queued = self.sched.totals().queued;
+        if queued + n as u64 > self.cfg.spool.max_queued {
+            return Err(IntakeError::Busy(format!(
+                "queue is full ({queued} deliveries queued, limit {}); try again later",
+                self.cfg.spool.max_queued
+            )));
+        }
+        if let Some(pct) = self.spool.disk_used_percent() {
+            if pct >= self.cfg.spool.max_disk_percent as f64 {
+                return Err(IntakeError::Busy(format!(
+                    "spool disk is {pct:.0}% full (limit {}%); try again later",
+                    self.cfg.spool.max_disk_percent
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validate, store durably, then queue. Returns only once the deliveries are fsynced.
+    pub async fn submit(&self, sub: Submission) -> Result<Receipt, IntakeError> {
+        let max_rcpt = self.cfg.intake.max_recipients;
+        if sub.recipients.len() > max_rcpt {
+            return Err(IntakeError::TooManyRecipients(sub.recipients.len(), max_rcpt));
+        }
+        self.check_capacity(sub.recipients.len())?;
+        let now = self.clock.now_ms();
+        let body_id = self.spool.next_id();
+        let prepared = message::prepare(
+            &sub.content,
+            self.cfg.intake.max_message_size,
+            &self.cfg.hostname,
+            now,
+            body_id,
+            sub.strip_intake_headers,
+        )?;
+        let campaign = clean_label("campaign", sub.campaign.or(prepared.headers.campaign))?;
+        let tenant = clean_label("tenant", sub.tenant.or(prepared.headers.tenant))?;
+        let pool = clean_label("pool", sub.pool.or(prepared.headers.pool))?;
+        let max_age = self.cfg.delivery.max_age.0;
+        let ttl = sub.expires_in.unwrap_or(max_age).min(max_age);
+        if ttl.is_zero() {
+            return Err(IntakeError::Invalid("expires_in must be above zero".into()));
+        }
+        let expires_ms = now + ttl.as_millis() as u64;
+        let mut deliveries = Vec::with_capacity(sub.recipients.len());
+        let mut rejected = Vec::new();
+        for r in sub.recipients {
+            if let Some(id) = &r.id {
+                if id.chars().any(|c| c.is_control()) || id.len() > 200 {
+                    rejected.push(RejectedRecipient {
+                        recipient: r.email,
+                        error: "recipient id must be at most 200 characters without control characters".into(),
+                    });
+                    continue;
+                }
+            }
+            match address::parse(&r.email) {
+                Ok(a) => {
+                    let id = self.spool.next_id();
+                    deliveries.push(Delivery {
+                        id,
+                        body_id,
+                        recipient: a.as_string(),
+                        recipient_id: r.id,
+                        campaign: campaign.clone(),
+                        tenant: tenant.clone(),
+                        pool: pool.clone(),
+                        priority: sub.priority,
+                        envelope_from: self.verp.encode(id),
+                        created_ms: now,
+                        expires_ms,
+                        attempts: 0,
+                        next_ms: now,
+                        history: Vec::new(),
+                    });
+                }
+                Err(e) => rejected.push(RejectedRecipient {
+                    recipient: r.email,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        if deliveries.is_empty() {
+            return Err(IntakeError::NoRecipients(rejected));
+        }
+        self.spool
+            .inject(body_id, Arc::new(prepared.content), &deliveries)
+            .await?;
+        let messages: Vec<AcceptedRecipient> = deliveries
+            .iter()
+            .map(|d| AcceptedRecipient {
+                id: id_str(d.id),
+                recipient: d.recipient.clone(),
+                envelope_from: d.envelope_from.clone(),
+            })
+            .collect();
+        for d in &deliveries {
+            self.events.emit(base_event("accepted", d, now));
+        }
+        self.sched.add_many(deliveries);
+        Ok(Receipt {
+            accepted: messages.len(),
+            messages,
+            rejected,
+        })
+    }
+}

@@ -1,0 +1,21 @@
+//! sluice — an outbound mail delivery engine.
+//!
+//! Data path: `intake` (HTTP, SMTP) → `spool` (durable, group commit) → `queue` (timer and
+//! per-destination queues) → `delivery` (one task per connection, SMTP state machine) →
+//! outcome (spool, events). `dns` resolves MX plans; `verp` signs envelope senders.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod delivery;
+pub mod dns;
+pub mod engine;
+pub mod events;
+pub mod intake;
+pub mod queue;
+pub mod spool;
+pub mod verp;
+
+pub use clock::{Clock, ManualClock};
+pub use config::Config;
+pub use engine::Engine;
