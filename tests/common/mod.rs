@@ -1,3 +1,4 @@
 #![allow(dead_code)]
 pub mod dns;
+pub mod harness;
 pub mod mx;
