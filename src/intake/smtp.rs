@@ -4,6 +4,7 @@
 //! for clients inside `[listen] smtp_allow`: anyone else gets 550 at RCPT, so it is never an
 //! open relay. The 250 after the data is sent only once the deliveries are fsynced.
 
+use super::message::MessageError;
 use super::{Intake, IntakeError, RecipientSpec, Submission};
 use crate::config::Cidr;
 use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver, RequestReceiver};
@@ -243,6 +244,7 @@ async fn finish_data(intake: &Intake, txn: &mut Txn) -> String {
             let first = r.messages.first().map(|m| m.id.clone()).unwrap_or_default();
             format!("250 2.0.0 queued as {first} ({} deliveries)\r\n", r.accepted)
         }
+        Err(IntakeError::Message(e @ MessageError::TooLarge(..))) => format!("552 5.3.4 {e}\r\n"),
         Err(IntakeError::Message(e)) => format!("550 5.6.0 {e}\r\n"),
         Err(IntakeError::Busy(e)) => format!("452 4.3.1 {e}\r\n"),
         Err(IntakeError::Spool(e)) => {

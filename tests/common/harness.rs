@@ -188,6 +188,13 @@ impl Harness {
         .await
     }
 
+    /// Stop the engine but keep the harness (files stay for inspection or a restart).
+    pub async fn shutdown_keep_config(&mut self) {
+        if let Some(e) = self.engine.take() {
+            e.shutdown().await;
+        }
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(e) = self.engine.take() {
             e.shutdown().await;
