@@ -182,7 +182,14 @@ async fn message(State(st): St, Path(id): Path<String>) -> Response {
         tokio::task::spawn_blocking(move || spool.lookup(n)).await
     };
     let (state, d) = match lookup {
-        Ok(Ok(Some(Lookup::Active(d)))) => (if d.attempts == 0 { "queued" } else { "deferred" }, d),
+        Ok(Ok(Some(Lookup::Active(d)))) => (
+            if d.attempts == 0 {
+                "queued"
+            } else {
+                "deferred"
+            },
+            d,
+        ),
         Ok(Ok(Some(Lookup::Finished(f)))) => (f.state.as_str(), f.delivery),
         Ok(Ok(None)) => return err(StatusCode::NOT_FOUND, format!("no delivery {id}")),
         Ok(Err(e)) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -20,7 +20,14 @@ pub struct ConfigIssue {
 impl std::fmt::Display for ConfigIssue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.line {
-            Some(l) => write!(f, "{}:{}: {}: {}", self.file.display(), l, self.key, self.message),
+            Some(l) => write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file.display(),
+                l,
+                self.key,
+                self.message
+            ),
             None => write!(f, "{}: {}: {}", self.file.display(), self.key, self.message),
         }
     }
@@ -63,7 +70,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        u => return Err(format!("unknown duration unit {u:?} in {s:?} (use ms, s, m, h, d)")),
+        u => {
+            return Err(format!(
+                "unknown duration unit {u:?} in {s:?} (use ms, s, m, h, d)"
+            ))
+        }
     };
     n.checked_mul(mult_ms)
         .map(Duration::from_millis)
@@ -73,7 +84,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -411,11 +424,19 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(i)) => {
-                let mask = if self.bits == 0 { 0 } else { u32::MAX << (32 - self.bits) };
+                let mask = if self.bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.bits)
+                };
                 u32::from(n) & mask == u32::from(i) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(i)) => {
-                let mask = if self.bits == 0 { 0 } else { u128::MAX << (128 - self.bits) };
+                let mask = if self.bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.bits)
+                };
                 u128::from(n) & mask == u128::from(i) & mask
             }
             _ => false,
@@ -541,13 +562,21 @@ impl Config {
             );
         }
         if self.delivery.messages_per_connection == 0 {
-            issue("delivery", "messages_per_connection", "must be at least 1".into());
+            issue(
+                "delivery",
+                "messages_per_connection",
+                "must be at least 1".into(),
+            );
         }
         if self.delivery.max_connections == 0 {
             issue("delivery", "max_connections", "must be at least 1".into());
         }
         if self.spool.max_disk_percent == 0 || self.spool.max_disk_percent > 100 {
-            issue("spool", "max_disk_percent", "must be between 1 and 100".into());
+            issue(
+                "spool",
+                "max_disk_percent",
+                "must be between 1 and 100".into(),
+            );
         }
         if self.intake.max_message_size == 0 {
             issue("intake", "max_message_size", "must be above zero".into());
@@ -602,7 +631,10 @@ pub fn locate(text: &str, section: &str, key: &str) -> Option<usize> {
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.starts_with('[') {
-            current = line.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            current = line
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
             if current == section && key.is_empty() {
                 return Some(i + 1);
             }
@@ -660,13 +692,19 @@ mod tests {
     fn semantic_errors_are_located() {
         let text = BASE.replace("0123456789abcdef0123", "short");
         let e = Config::from_str_at(&text, Path::new("s.toml")).unwrap_err();
-        assert_eq!(e.to_string(), "s.toml:4: verp.secret: must be at least 16 characters (it signs every VERP address)");
+        assert_eq!(
+            e.to_string(),
+            "s.toml:4: verp.secret: must be at least 16 characters (it signs every VERP address)"
+        );
     }
 
     #[test]
     fn open_exposure_is_refused() {
-        let text = format!("{BASE}[listen]\nhttp = \"0.0.0.0:8025\"\nsmtp_allow = [\"0.0.0.0/0\"]\n");
-        let e = Config::from_str_at(&text, Path::new("s.toml")).unwrap_err().to_string();
+        let text =
+            format!("{BASE}[listen]\nhttp = \"0.0.0.0:8025\"\nsmtp_allow = [\"0.0.0.0/0\"]\n");
+        let e = Config::from_str_at(&text, Path::new("s.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen.http"), "{e}");
         assert!(e.contains("whole internet"), "{e}");
     }
@@ -676,7 +714,9 @@ mod tests {
         let c = Cidr::parse("127.0.0.0/8").unwrap();
         assert!(c.contains("127.3.4.5".parse().unwrap()));
         assert!(!c.contains("10.0.0.1".parse().unwrap()));
-        assert!(Cidr::parse("::1/128").unwrap().contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("::1/128")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
         assert!(Cidr::parse("1.2.3.4/40").is_err());
     }
 }

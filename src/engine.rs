@@ -80,7 +80,10 @@ impl Engine {
         };
         let recovered_n = recovered.len();
         if recovered_n > 0 {
-            tracing::info!(deliveries = recovered_n, "recovered queued deliveries from the spool");
+            tracing::info!(
+                deliveries = recovered_n,
+                "recovered queued deliveries from the spool"
+            );
         }
         sched.add_many(recovered);
 

@@ -41,7 +41,7 @@ enum VerpCmd {
     },
 }
 
-fn load(path: &PathBuf) -> Result<Config> {
+fn load(path: &std::path::Path) -> Result<Config> {
     match Config::load(path) {
         Ok(c) => Ok(c),
         Err(e) => {
@@ -97,8 +97,9 @@ fn main() -> Result<()> {
                 let engine = Engine::start(cfg, Clock::System)
                     .await
                     .context("cannot start sluice")?;
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .context("cannot install SIGTERM handler")?;
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .context("cannot install SIGTERM handler")?;
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}

@@ -326,7 +326,8 @@ impl Spool {
             finished_ms: self.inner.clock.now_ms(),
             delivery: d.clone(),
         };
-        let record = serde_json::to_vec(&f).map_err(|e| SpoolError::Corrupt(d.id, e.to_string()))?;
+        let record =
+            serde_json::to_vec(&f).map_err(|e| SpoolError::Corrupt(d.id, e.to_string()))?;
         let (reply, rx) = oneshot::channel();
         self.send(Op::Finish {
             id: d.id,
@@ -580,12 +581,18 @@ mod tests {
         let a = delivery(&sp, body_id, "a@x.test");
         let b = delivery(&sp, body_id, "b@x.test");
         assert!(b.id > a.id);
-        sp.inject(body_id, Arc::new(b"hello".to_vec()), &[a.clone(), b.clone()])
-            .await
-            .unwrap();
+        sp.inject(
+            body_id,
+            Arc::new(b"hello".to_vec()),
+            &[a.clone(), b.clone()],
+        )
+        .await
+        .unwrap();
         assert_eq!(sp.body(body_id).unwrap().as_slice(), b"hello");
         sp.finish(&a, FinalState::Delivered).await.unwrap();
-        assert!(matches!(sp.lookup(a.id).unwrap(), Some(Lookup::Finished(f)) if f.state == FinalState::Delivered));
+        assert!(
+            matches!(sp.lookup(a.id).unwrap(), Some(Lookup::Finished(f)) if f.state == FinalState::Delivered)
+        );
         let mut b2 = b.clone();
         b2.attempts = 3;
         sp.update(&b2).await.unwrap();

@@ -155,8 +155,14 @@ mod tests {
         let other = Verp::new("fb.example.com", "b", "another-secret-entirely");
         assert_eq!(other.decode(&a), Err(VerpError::Forged));
         assert_eq!(v().decode("b-zz@fb.example.com"), Err(VerpError::Malformed));
-        assert!(matches!(v().decode("b-00@other.com"), Err(VerpError::WrongDomain(_))));
-        assert!(matches!(v().decode("x-00@fb.example.com"), Err(VerpError::WrongPrefix(_))));
+        assert!(matches!(
+            v().decode("b-00@other.com"),
+            Err(VerpError::WrongDomain(_))
+        ));
+        assert!(matches!(
+            v().decode("x-00@fb.example.com"),
+            Err(VerpError::WrongPrefix(_))
+        ));
         assert_eq!(v().decode("no-at-sign"), Err(VerpError::Malformed));
     }
 }

@@ -18,7 +18,11 @@ const GOOD: &str = "hostname = \"mta.example.com\"\n[verp]\ndomain = \"fb.exampl
 
 #[test]
 fn check_accepts_the_shipped_example_config() {
-    let (code, out, err) = sluice(&["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/sluice.toml")]);
+    let (code, out, err) = sluice(&[
+        "check",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/sluice.toml"),
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("ok"), "{out}");
 }
@@ -27,10 +31,17 @@ fn check_accepts_the_shipped_example_config() {
 fn check_reports_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.toml");
-    std::fs::write(&p, format!("{GOOD}[delivery]\nretry = []\nmax_agee = \"5d\"\n")).unwrap();
+    std::fs::write(
+        &p,
+        format!("{GOOD}[delivery]\nretry = []\nmax_agee = \"5d\"\n"),
+    )
+    .unwrap();
     let (code, _, err) = sluice(&["check", "--config", p.to_str().unwrap()]);
     assert_ne!(code, 0);
-    assert!(err.contains("bad.toml:8") && err.contains("max_agee"), "{err}");
+    assert!(
+        err.contains("bad.toml:8") && err.contains("max_agee"),
+        "{err}"
+    );
 
     std::fs::write(&p, format!("{GOOD}[delivery]\nretry = []\n")).unwrap();
     let (code, _, err) = sluice(&["check", "--config", p.to_str().unwrap()]);
@@ -53,13 +64,25 @@ fn verp_decode_verifies_the_signature() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "0123456789abcdef");
     // uppercased by some relay: still decodes
-    let (code, out, _) = sluice(&["verp", "decode", &addr.to_uppercase(), "--config", p.to_str().unwrap()]);
+    let (code, out, _) = sluice(&[
+        "verp",
+        "decode",
+        &addr.to_uppercase(),
+        "--config",
+        p.to_str().unwrap(),
+    ]);
     assert_eq!((code, out.trim()), (0, "0123456789abcdef"));
     // tampered
     let forged = addr.replacen("0123456789abcdef", "0123456789abcdee", 1);
     let (code, _, err) = sluice(&["verp", "decode", &forged, "--config", p.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("forged"), "{err}");
-    let (code, _, _) = sluice(&["verp", "decode", "someone@fb.example.com", "--config", p.to_str().unwrap()]);
+    let (code, _, _) = sluice(&[
+        "verp",
+        "decode",
+        "someone@fb.example.com",
+        "--config",
+        p.to_str().unwrap(),
+    ]);
     assert_ne!(code, 0);
 }

@@ -35,7 +35,10 @@ async fn delivers_to_preferred_mx_with_verp_sender() {
     let mut h = Harness::start(two_mx(net), Opts::new(net)).await;
     let r = h.inject(&["ana@a.test"]).await;
     let id = r["messages"][0]["id"].as_str().unwrap().to_string();
-    let envelope = r["messages"][0]["envelope_from"].as_str().unwrap().to_string();
+    let envelope = r["messages"][0]["envelope_from"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let ev = h.wait_for("delivered", "ana@a.test").await;
     assert_eq!(ev.id.as_deref(), Some(id.as_str()));
@@ -52,13 +55,29 @@ async fn delivers_to_preferred_mx_with_verp_sender() {
     assert_eq!(t.mail_from, envelope);
     assert_eq!(t.rcpt_to, vec!["ana@a.test".to_string()]);
     assert_eq!(t.helo, "sluice.test");
-    assert_eq!(sluice::verp::id_str(verp().decode(&t.mail_from).unwrap()), id);
+    assert_eq!(
+        sluice::verp::id_str(verp().decode(&t.mail_from).unwrap()),
+        id
+    );
     let data = String::from_utf8_lossy(&t.data);
-    assert!(data.contains("From: Shop <news@shop.test>"), "From untouched: {data}");
+    assert!(
+        data.contains("From: Shop <news@shop.test>"),
+        "From untouched: {data}"
+    );
     assert!(data.contains("Message-ID: <"), "Message-ID added: {data}");
-    assert!(data.contains("\r\n.leading dot line\r\n"), "dot-stuffing round trip: {data}");
+    assert!(
+        data.contains("\r\n.leading dot line\r\n"),
+        "dot-stuffing round trip: {data}"
+    );
 
-    let (code, v) = common::harness::http(h.http(), "GET", &format!("/api/v1/messages/{id}"), None, None).await;
+    let (code, v) = common::harness::http(
+        h.http(),
+        "GET",
+        &format!("/api/v1/messages/{id}"),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(code, 200);
     assert_eq!(v["state"], "delivered");
     assert_eq!(v["attempts"][0]["code"], 250);
@@ -83,7 +102,15 @@ async fn falls_back_to_backup_mx_when_primary_refuses_connections() {
 #[tokio::test]
 async fn falls_back_on_421_greeting() {
     let net = 12;
-    let mx1 = mx(net, 2, MxScript { behaviour: Behaviour::Greet421, ..Default::default() }).await;
+    let mx1 = mx(
+        net,
+        2,
+        MxScript {
+            behaviour: Behaviour::Greet421,
+            ..Default::default()
+        },
+    )
+    .await;
     let mx2 = mx(net, 3, MxScript::default()).await;
     let mut h = Harness::start(two_mx(net), Opts::new(net)).await;
     h.inject(&["cy@a.test"]).await;
@@ -98,7 +125,15 @@ async fn falls_back_on_421_greeting() {
 #[tokio::test]
 async fn falls_back_on_4xx_to_mail_and_on_a_stalled_primary() {
     let net = 13;
-    let mx1 = mx(net, 2, MxScript { mail_reply: Some((451, "4.7.1 try later".into())), ..Default::default() }).await;
+    let mx1 = mx(
+        net,
+        2,
+        MxScript {
+            mail_reply: Some((451, "4.7.1 try later".into())),
+            ..Default::default()
+        },
+    )
+    .await;
     let mx2 = mx(net, 3, MxScript::default()).await;
     let dns = two_mx(net)
         .mx("b.test", 10, "mx1.b.test")
@@ -111,7 +146,15 @@ async fn falls_back_on_4xx_to_mail_and_on_a_stalled_primary() {
     assert_eq!(mx1.connections().len(), 1);
 
     // a primary that accepts TCP but never answers: the command timeout moves on
-    let stall = mx(net, 4, MxScript { behaviour: Behaviour::Stall, ..Default::default() }).await;
+    let stall = mx(
+        net,
+        4,
+        MxScript {
+            behaviour: Behaviour::Stall,
+            ..Default::default()
+        },
+    )
+    .await;
     h.inject(&["ed@b.test"]).await;
     let ev = h.wait_for("delivered", "ed@b.test").await;
     assert_eq!(stall.connections().len(), 1);
@@ -137,7 +180,9 @@ async fn implicit_mx_uses_the_domains_address() {
 async fn null_mx_and_nxdomain_bounce_without_connecting() {
     let net = 15;
     let host = mx(net, 2, MxScript::default()).await;
-    let dns = DnsBuilder::new().null_mx("nomail.test").a("nomail.test", ip(net, 2));
+    let dns = DnsBuilder::new()
+        .null_mx("nomail.test")
+        .a("nomail.test", ip(net, 2));
     let mut h = Harness::start(dns, Opts::new(net)).await;
     h.inject(&["ga@nomail.test", "ha@missing.test"]).await;
     let ev = h.wait_for("bounced", "ga@nomail.test").await;
@@ -167,7 +212,11 @@ async fn dns_failure_defers() {
 async fn permanent_rcpt_refusal_bounces_and_others_still_deliver() {
     let net = 17;
     let script = MxScript {
-        rcpt_replies: vec![("bad@".into(), 550, "5.1.1 <bad@a.test>: User unknown".into())],
+        rcpt_replies: vec![(
+            "bad@".into(),
+            550,
+            "5.1.1 <bad@a.test>: User unknown".into(),
+        )],
         ..Default::default()
     };
     let mx1 = mx(net, 2, script).await;
@@ -185,7 +234,15 @@ async fn permanent_rcpt_refusal_bounces_and_others_still_deliver() {
 #[tokio::test]
 async fn temporary_failure_retries_on_schedule_then_delivers() {
     let net = 18;
-    let mx1 = mx(net, 2, MxScript { fail_first_rcpt: 1, ..Default::default() }).await;
+    let mx1 = mx(
+        net,
+        2,
+        MxScript {
+            fail_first_rcpt: 1,
+            ..Default::default()
+        },
+    )
+    .await;
     let mut o = Opts::new(net);
     o.manual_clock = true;
     let mut h = Harness::start(two_mx(net), o).await;
@@ -194,7 +251,14 @@ async fn temporary_failure_retries_on_schedule_then_delivers() {
     let ev = h.wait_for("deferred", "jo@a.test").await;
     assert_eq!(ev.code, Some(451));
     assert_eq!(ev.attempt, Some(1));
-    let (_, v) = common::harness::http(h.http(), "GET", &format!("/api/v1/messages/{id}"), None, None).await;
+    let (_, v) = common::harness::http(
+        h.http(),
+        "GET",
+        &format!("/api/v1/messages/{id}"),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(v["state"], "deferred");
     // Not yet due after 50 s (retry is 1m ± 10 %)...
     h.advance(Duration::from_secs(50));
@@ -211,7 +275,15 @@ async fn temporary_failure_retries_on_schedule_then_delivers() {
 #[tokio::test]
 async fn deliveries_expire_instead_of_waiting_forever() {
     let net = 19;
-    let _mx1 = mx(net, 2, MxScript { behaviour: Behaviour::RefuseRcpt(451, "4.2.1 busy".into()), ..Default::default() }).await;
+    let _mx1 = mx(
+        net,
+        2,
+        MxScript {
+            behaviour: Behaviour::RefuseRcpt(451, "4.2.1 busy".into()),
+            ..Default::default()
+        },
+    )
+    .await;
     let mut o = Opts::new(net);
     o.manual_clock = true;
     let mut h = Harness::start(two_mx(net), o).await;
@@ -219,7 +291,14 @@ async fn deliveries_expire_instead_of_waiting_forever() {
         "campaign": "flash-sale", "expires_in": "90s",
         "recipients": ["ke@a.test"], "content": common::harness::message("sale"),
     });
-    let (code, _) = common::harness::http(h.http(), "POST", "/api/v1/messages", Some(&body.to_string()), None).await;
+    let (code, _) = common::harness::http(
+        h.http(),
+        "POST",
+        "/api/v1/messages",
+        Some(&body.to_string()),
+        None,
+    )
+    .await;
     assert_eq!(code, 202);
     h.wait_for("deferred", "ke@a.test").await;
     h.advance(Duration::from_secs(66)); // retry due (≤ 66 s): deferred again, next retry 5 m > expiry
@@ -235,14 +314,28 @@ async fn deliveries_expire_instead_of_waiting_forever() {
 #[tokio::test]
 async fn starttls_failure_is_remembered_and_next_attempt_goes_plain() {
     let net = 20;
-    let mx1 = mx(net, 2, MxScript { starttls: true, ..Default::default() }).await;
-    let dns = DnsBuilder::new().mx("a.test", 10, "mx1.a.test").a("mx1.a.test", ip(net, 2));
+    let mx1 = mx(
+        net,
+        2,
+        MxScript {
+            starttls: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let dns = DnsBuilder::new()
+        .mx("a.test", 10, "mx1.a.test")
+        .a("mx1.a.test", ip(net, 2));
     let mut o = Opts::new(net);
     o.manual_clock = true;
     let mut h = Harness::start(dns, o).await;
     h.inject(&["lu@a.test"]).await;
     let ev = h.wait_for("deferred", "lu@a.test").await;
-    assert!(ev.response.as_deref().unwrap().contains("TLS"), "{:?}", ev.response);
+    assert!(
+        ev.response.as_deref().unwrap().contains("TLS"),
+        "{:?}",
+        ev.response
+    );
     h.advance(Duration::from_secs(70));
     let ev = h.wait_for("delivered", "lu@a.test").await;
     assert_eq!(ev.tls.as_deref(), Some("none"));
@@ -264,7 +357,14 @@ async fn transactional_mail_goes_ahead_of_bulk() {
         "priority": "transactional", "recipients": ["reset@a.test"],
         "content": common::harness::message("password reset"),
     });
-    let (code, _) = common::harness::http(h.http(), "POST", "/api/v1/messages", Some(&body.to_string()), None).await;
+    let (code, _) = common::harness::http(
+        h.http(),
+        "POST",
+        "/api/v1/messages",
+        Some(&body.to_string()),
+        None,
+    )
+    .await;
     assert_eq!(code, 202);
     common::harness::http(h.http(), "POST", "/api/v1/resume", None, None).await;
     let txns = mx1.wait_transactions(4, WAIT).await;
@@ -294,7 +394,10 @@ async fn one_connection_carries_several_deliveries() {
     assert_eq!(senders.len(), 5);
     for m in r["messages"].as_array().unwrap() {
         let env = m["envelope_from"].as_str().unwrap();
-        assert_eq!(sluice::verp::id_str(verp().decode(env).unwrap()), m["id"].as_str().unwrap());
+        assert_eq!(
+            sluice::verp::id_str(verp().decode(env).unwrap()),
+            m["id"].as_str().unwrap()
+        );
     }
     h.wait_for("delivered", "r4@a.test").await;
     h.shutdown().await;

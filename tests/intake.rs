@@ -9,7 +9,9 @@ use serde_json::json;
 use std::time::Duration;
 
 fn dns(net: u8) -> DnsBuilder {
-    DnsBuilder::new().mx("a.test", 10, "mx1.a.test").a("mx1.a.test", ip(net, 2))
+    DnsBuilder::new()
+        .mx("a.test", 10, "mx1.a.test")
+        .a("mx1.a.test", ip(net, 2))
 }
 
 async fn post(h: &Harness, body: &str) -> (u16, serde_json::Value) {
@@ -31,37 +33,87 @@ async fn bad_http_input_gets_clear_errors_and_queues_nothing() {
     assert_eq!(c, 400);
     assert!(v["error"].as_str().unwrap().contains("content"), "{v}");
 
-    let (c, v) = post(&h, &json!({"recipients": ["a@a.test"], "content": message("x"), "colour": 1}).to_string()).await;
+    let (c, v) = post(
+        &h,
+        &json!({"recipients": ["a@a.test"], "content": message("x"), "colour": 1}).to_string(),
+    )
+    .await;
     assert_eq!(c, 400);
     assert!(v["error"].as_str().unwrap().contains("colour"), "{v}");
 
-    let (c, v) = post(&h, &json!({"recipients": ["not-an-address"], "content": message("x")}).to_string()).await;
+    let (c, v) = post(
+        &h,
+        &json!({"recipients": ["not-an-address"], "content": message("x")}).to_string(),
+    )
+    .await;
     assert_eq!(c, 400);
     assert_eq!(v["rejected"][0]["recipient"], "not-an-address");
-    assert!(v["rejected"][0]["error"].as_str().unwrap().contains("@"), "{v}");
+    assert!(
+        v["rejected"][0]["error"].as_str().unwrap().contains("@"),
+        "{v}"
+    );
 
-    let (c, v) = post(&h, &json!({"recipients": ["a@a.test\r\nBcc: victim@x.test"], "content": message("x")}).to_string()).await;
+    let (c, v) = post(
+        &h,
+        &json!({"recipients": ["a@a.test\r\nBcc: victim@x.test"], "content": message("x")})
+            .to_string(),
+    )
+    .await;
     assert_eq!(c, 400);
-    assert!(v["rejected"][0]["error"].as_str().unwrap().contains("CR or LF"), "{v}");
+    assert!(
+        v["rejected"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("CR or LF"),
+        "{v}"
+    );
 
     let big = format!("{}{}", message("big"), "y".repeat(2100));
-    let (c, v) = post(&h, &json!({"recipients": ["a@a.test"], "content": big}).to_string()).await;
+    let (c, v) = post(
+        &h,
+        &json!({"recipients": ["a@a.test"], "content": big}).to_string(),
+    )
+    .await;
     assert_eq!(c, 413);
-    assert!(v["error"].as_str().unwrap().contains("max_message_size"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("max_message_size"),
+        "{v}"
+    );
 
     let huge = "z".repeat(9000);
-    let (c, raw) = http_raw(h.http(), "POST", "/api/v1/messages", Some(huge.as_bytes()), None).await;
+    let (c, raw) = http_raw(
+        h.http(),
+        "POST",
+        "/api/v1/messages",
+        Some(huge.as_bytes()),
+        None,
+    )
+    .await;
     assert_eq!(c, 413, "{}", String::from_utf8_lossy(&raw));
 
-    let (c, v) = post(&h, &json!({"recipients": ["a@a.test"], "content": "Subject: no from\r\n\r\nbody"}).to_string()).await;
+    let (c, v) = post(
+        &h,
+        &json!({"recipients": ["a@a.test"], "content": "Subject: no from\r\n\r\nbody"}).to_string(),
+    )
+    .await;
     assert_eq!(c, 400);
     assert!(v["error"].as_str().unwrap().contains("From"), "{v}");
 
-    let (c, v) = post(&h, &json!({"recipients": ["a@a.test"], "content": message("x"), "priority": "urgent"}).to_string()).await;
+    let (c, v) = post(
+        &h,
+        &json!({"recipients": ["a@a.test"], "content": message("x"), "priority": "urgent"})
+            .to_string(),
+    )
+    .await;
     assert_eq!(c, 400);
     assert!(v["error"].as_str().unwrap().contains("priority"), "{v}");
 
-    let (c, v) = post(&h, &json!({"recipients": ["a@a.test"], "content": message("x"), "expires_in": "soon"}).to_string()).await;
+    let (c, v) = post(
+        &h,
+        &json!({"recipients": ["a@a.test"], "content": message("x"), "expires_in": "soon"})
+            .to_string(),
+    )
+    .await;
     assert_eq!(c, 400);
     assert!(v["error"].as_str().unwrap().contains("expires_in"), "{v}");
 
@@ -88,13 +140,27 @@ async fn api_token_is_required_when_configured() {
     let body = json!({"recipients": ["a@a.test"], "content": message("x")}).to_string();
     let (c, _) = http(h.http(), "POST", "/api/v1/messages", Some(&body), None).await;
     assert_eq!(c, 401);
-    let (c, _) = http(h.http(), "POST", "/api/v1/messages", Some(&body), Some("wrong-token-000000000")).await;
+    let (c, _) = http(
+        h.http(),
+        "POST",
+        "/api/v1/messages",
+        Some(&body),
+        Some("wrong-token-000000000"),
+    )
+    .await;
     assert_eq!(c, 401);
     let (c, _) = http(h.http(), "GET", "/api/v1/status", None, None).await;
     assert_eq!(c, 401);
     let (c, _) = http(h.http(), "GET", "/healthz", None, None).await;
     assert_eq!(c, 200);
-    let (c, v) = http(h.http(), "POST", "/api/v1/messages", Some(&body), Some("s3cret-token-0123456789")).await;
+    let (c, v) = http(
+        h.http(),
+        "POST",
+        "/api/v1/messages",
+        Some(&body),
+        Some("s3cret-token-0123456789"),
+    )
+    .await;
     assert_eq!(c, 202, "{v}");
     h.shutdown().await;
 }
@@ -114,7 +180,10 @@ async fn recipient_ids_tenant_and_campaign_reach_events() {
     assert_eq!(ev.recipient_id.as_deref(), Some("crm-42"));
     assert_eq!(ev.tenant.as_deref(), Some("brand-a"));
     assert_eq!(ev.campaign.as_deref(), Some("spring"));
-    assert_eq!(ev.envelope_from.as_deref(), v["messages"][0]["envelope_from"].as_str());
+    assert_eq!(
+        ev.envelope_from.as_deref(),
+        v["messages"][0]["envelope_from"].as_str()
+    );
     h.shutdown().await;
 }
 
@@ -128,9 +197,30 @@ async fn event_log_lines_carry_the_contract_fields() {
     let path = h.dir.path().join("events.jsonl");
     h.shutdown_keep_config().await;
     let text = std::fs::read_to_string(path).unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let delivered = lines.iter().find(|v| v["event"] == "delivered").expect("delivered line");
-    for key in ["ts", "id", "campaign", "recipient", "recipient_id", "envelope_from", "event", "mx", "ip", "source_ip", "code", "enhanced", "response", "attempt"] {
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let delivered = lines
+        .iter()
+        .find(|v| v["event"] == "delivered")
+        .expect("delivered line");
+    for key in [
+        "ts",
+        "id",
+        "campaign",
+        "recipient",
+        "recipient_id",
+        "envelope_from",
+        "event",
+        "mx",
+        "ip",
+        "source_ip",
+        "code",
+        "enhanced",
+        "response",
+        "attempt",
+    ] {
         assert!(delivered.get(key).is_some(), "missing {key} in {delivered}");
     }
     assert!(delivered["ts"].as_str().unwrap().ends_with('Z'));
@@ -147,7 +237,10 @@ async fn smtp_submission_splits_recipients_and_honours_intake_headers() {
     let (mut c, banner) = SmtpClient::connect(addr).await;
     assert!(banner.starts_with("220 "), "{banner}");
     let ehlo = c.cmd("EHLO injector.test").await;
-    assert!(ehlo.contains("PIPELINING") && ehlo.contains("SIZE") && ehlo.contains("8BITMIME"), "{ehlo}");
+    assert!(
+        ehlo.contains("PIPELINING") && ehlo.contains("SIZE") && ehlo.contains("8BITMIME"),
+        "{ehlo}"
+    );
     // pipelined envelope
     c.send("MAIL FROM:<news@shop.test>\r\nRCPT TO:<p1@a.test>\r\nRCPT TO:<p2@a.test>\r\nRCPT TO:<broken@>\r\nDATA\r\n").await;
     assert!(c.reply().await.starts_with("250"));
@@ -181,16 +274,26 @@ async fn smtp_refuses_bad_input_and_oversize() {
     let h = Harness::start(dns(net), o).await;
     let addr = h.engine().smtp_addr().unwrap();
     let (mut c, _) = SmtpClient::connect(addr).await;
-    assert!(c.cmd("MAIL FROM:<a@b.test>").await.starts_with("503"), "EHLO first");
+    assert!(
+        c.cmd("MAIL FROM:<a@b.test>").await.starts_with("503"),
+        "EHLO first"
+    );
     c.cmd("EHLO x.test").await;
     assert!(c.cmd("RCPT TO:<a@a.test>").await.starts_with("503"));
     assert!(c.cmd("FOO bar").await.starts_with("500"));
-    assert!(c.cmd("MAIL FROM:<a@b.test> SIZE=5000").await.starts_with("552"));
+    assert!(c
+        .cmd("MAIL FROM:<a@b.test> SIZE=5000")
+        .await
+        .starts_with("552"));
     assert!(c.cmd("MAIL FROM:<a@b.test>").await.starts_with("250"));
     assert!(c.cmd("DATA").await.starts_with("554"), "no recipients yet");
     assert!(c.cmd("RCPT TO:<a@a.test>").await.starts_with("250"));
     assert!(c.cmd("DATA").await.starts_with("354"));
-    c.send(&format!("From: a@b.test\r\n\r\n{}\r\n.\r\n", "x".repeat(1500))).await;
+    c.send(&format!(
+        "From: a@b.test\r\n\r\n{}\r\n.\r\n",
+        "x".repeat(1500)
+    ))
+    .await;
     let r = c.reply().await;
     assert!(r.starts_with("552"), "{r}");
     // a message without From:
@@ -232,14 +335,23 @@ async fn back_pressure_when_the_queue_is_full() {
     let mut h = Harness::start(dns(net), o).await;
     // pause so nothing drains, fill to the limit configured below by restarting with it
     h.shutdown_keep_config().await;
-    let cfg = std::fs::read_to_string(&h.config_path).unwrap().replace("[spool]\n", "[spool]\nmax_queued = 2\n");
+    let cfg = std::fs::read_to_string(&h.config_path)
+        .unwrap()
+        .replace("[spool]\n", "[spool]\nmax_queued = 2\n");
     std::fs::write(&h.config_path, cfg).unwrap();
     h.restart().await;
     http(h.http(), "POST", "/api/v1/pause", None, None).await;
     h.inject(&["q1@a.test", "q2@a.test"]).await;
-    let (c, v) = post(&h, &json!({"recipients": ["q3@a.test"], "content": message("x")}).to_string()).await;
+    let (c, v) = post(
+        &h,
+        &json!({"recipients": ["q3@a.test"], "content": message("x")}).to_string(),
+    )
+    .await;
     assert_eq!(c, 503, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("queue is full"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("queue is full"),
+        "{v}"
+    );
     let addr = h.engine().smtp_addr().unwrap();
     let (mut s, _) = SmtpClient::connect(addr).await;
     s.cmd("EHLO x.test").await;

@@ -12,7 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 fn dns(net: u8) -> DnsBuilder {
-    DnsBuilder::new().mx("a.test", 10, "mx1.a.test").a("mx1.a.test", ip(net, 2))
+    DnsBuilder::new()
+        .mx("a.test", 10, "mx1.a.test")
+        .a("mx1.a.test", ip(net, 2))
 }
 
 #[tokio::test]
@@ -63,7 +65,10 @@ fn spawn_sluice(config: &std::path::Path) -> (Proc, SocketAddr) {
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(pos) = line.find("http=") {
-                let addr: String = line[pos + 5..].chars().take_while(|c| !c.is_whitespace()).collect();
+                let addr: String = line[pos + 5..]
+                    .chars()
+                    .take_while(|c| !c.is_whitespace())
+                    .collect();
                 let _ = tx.send(addr);
             }
         }
@@ -89,8 +94,16 @@ async fn kill_9_loses_no_acknowledged_delivery() {
     let (proc1, addr) = spawn_sluice(&cfg);
     let rcpts: Vec<String> = (0..30).map(|i| format!("k{i}@a.test")).collect();
     for chunk in rcpts.chunks(10) {
-        let body = serde_json::json!({"campaign": "crash", "recipients": chunk, "content": message("x")});
-        let (code, v) = http(addr, "POST", "/api/v1/messages", Some(&body.to_string()), None).await;
+        let body =
+            serde_json::json!({"campaign": "crash", "recipients": chunk, "content": message("x")});
+        let (code, v) = http(
+            addr,
+            "POST",
+            "/api/v1/messages",
+            Some(&body.to_string()),
+            None,
+        )
+        .await;
         assert_eq!(code, 202, "{v}");
     }
     // acknowledged: now kill -9 (SIGKILL, no shutdown path)

@@ -188,7 +188,11 @@ pub struct Session {
 
 impl Session {
     /// Connect, read the banner, EHLO, and STARTTLS when offered and wanted.
-    pub async fn connect(peer: SocketAddr, tls_name: &str, params: Params) -> Result<Session, SessionError> {
+    pub async fn connect(
+        peer: SocketAddr,
+        tls_name: &str,
+        params: Params,
+    ) -> Result<Session, SessionError> {
         let socket = if peer.is_ipv4() {
             TcpSocket::new_v4()
         } else {
@@ -206,7 +210,9 @@ impl Session {
             Ok(Ok(s)) => s,
         };
         let _ = tcp.set_nodelay(true);
-        let local = tcp.local_addr().map_err(|e| SessionError::Connect(peer, e))?;
+        let local = tcp
+            .local_addr()
+            .map_err(|e| SessionError::Connect(peer, e))?;
         let mut s = Session {
             stream: Stream::Plain(tcp),
             state: State::Greeting,
@@ -243,7 +249,9 @@ impl Session {
         self.state = State::Ehlo;
         let cmd = format!("EHLO {}\r\n", self.params.helo);
         self.write("EHLO", cmd.as_bytes()).await?;
-        let raw = self.read_raw_reply("EHLO", self.params.command_timeout).await?;
+        let raw = self
+            .read_raw_reply("EHLO", self.params.command_timeout)
+            .await?;
         let reply = to_reply(&raw)?;
         if reply.is_positive() {
             if let Ok(e) = EhloResponse::parse(&mut raw.iter()) {
@@ -269,7 +277,9 @@ impl Session {
     async fn starttls(&mut self, name: &str) -> Result<(), SessionError> {
         self.state = State::StartTls;
         self.write("STARTTLS", b"STARTTLS\r\n").await?;
-        let r = self.read_reply("STARTTLS", self.params.command_timeout).await?;
+        let r = self
+            .read_reply("STARTTLS", self.params.command_timeout)
+            .await?;
         if !r.is_positive() {
             return Err(SessionError::Tls(format!("STARTTLS refused: {}", r.line())));
         }
@@ -282,10 +292,13 @@ impl Session {
         };
         let connector = tls::connector();
         let server_name = tls::server_name(name, self.peer.ip());
-        let tls = tokio::time::timeout(self.params.command_timeout, connector.connect(server_name, tcp))
-            .await
-            .map_err(|_| SessionError::Tls("handshake timed out".into()))?
-            .map_err(|e| SessionError::Tls(e.to_string()))?;
+        let tls = tokio::time::timeout(
+            self.params.command_timeout,
+            connector.connect(server_name, tcp),
+        )
+        .await
+        .map_err(|_| SessionError::Tls("handshake timed out".into()))?
+        .map_err(|e| SessionError::Tls(e.to_string()))?;
         self.tls_version = tls
             .get_ref()
             .1
@@ -402,13 +415,21 @@ impl Session {
         }
     }
 
-    async fn read_reply(&mut self, stage: &'static str, t: Duration) -> Result<Reply, SessionError> {
+    async fn read_reply(
+        &mut self,
+        stage: &'static str,
+        t: Duration,
+    ) -> Result<Reply, SessionError> {
         let raw = self.read_raw_reply(stage, t).await?;
         to_reply(&raw)
     }
 
     /// Read one complete (possibly multi-line) reply and return its raw bytes.
-    async fn read_raw_reply(&mut self, stage: &'static str, t: Duration) -> Result<Vec<u8>, SessionError> {
+    async fn read_raw_reply(
+        &mut self,
+        stage: &'static str,
+        t: Duration,
+    ) -> Result<Vec<u8>, SessionError> {
         let deadline = tokio::time::Instant::now() + t;
         loop {
             if let Some(end) = reply_end(&self.rbuf[self.rpos..]) {
@@ -503,7 +524,9 @@ mod tests {
 
     #[test]
     fn replies_parse() {
-        let r = to_reply(b"550-5.1.1 The email account does not exist.\r\n550 5.1.1 Try again.\r\n").unwrap();
+        let r =
+            to_reply(b"550-5.1.1 The email account does not exist.\r\n550 5.1.1 Try again.\r\n")
+                .unwrap();
         assert_eq!(r.code, 550);
         assert_eq!(r.enhanced.as_deref(), Some("5.1.1"));
         assert_eq!(r.text, "The email account does not exist. Try again.");

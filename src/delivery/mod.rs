@@ -82,7 +82,12 @@ pub async fn run_expiry(
     }
 }
 
-fn info_for(t: Option<&Target>, local: Option<SocketAddr>, r: &Reply, tls: Option<&str>) -> AttemptInfo {
+fn info_for(
+    t: Option<&Target>,
+    local: Option<SocketAddr>,
+    r: &Reply,
+    tls: Option<&str>,
+) -> AttemptInfo {
     AttemptInfo {
         mx: t.map(|t| t.host.clone()),
         ip: t.map(|t| t.ip.to_string()),
@@ -166,7 +171,8 @@ async fn serve_host(ctx: &Ctx, dest: &str, target: &Target) -> HostResult {
         Ok(s) => s,
         Err(e) => {
             if matches!(e, SessionError::Tls(_)) {
-                let until = ctx.clock.now_ms() + ctx.cfg.delivery.tls_broken_for.0.as_millis() as u64;
+                let until =
+                    ctx.clock.now_ms() + ctx.cfg.delivery.tls_broken_for.0.as_millis() as u64;
                 ctx.tls_broken.insert(target.ip, until);
                 tracing::info!(mx = %target.host, ip = %target.ip, error = %e, "STARTTLS failed; next attempts go without TLS");
             } else {
@@ -201,9 +207,13 @@ async fn serve_host(ctx: &Ctx, dest: &str, target: &Target) -> HostResult {
             }
         };
         let tls = session.tls_version().map(str::to_string);
-        match session.transaction(&d.envelope_from, &d.recipient, &body).await {
+        match session
+            .transaction(&d.envelope_from, &d.recipient, &body)
+            .await
+        {
             Ok(TxnOutcome::Accepted(r)) => {
-                ctx.delivered(d, info_for(Some(target), local, &r, tls.as_deref())).await;
+                ctx.delivered(d, info_for(Some(target), local, &r, tls.as_deref()))
+                    .await;
             }
             Ok(TxnOutcome::Refused(stage, r)) => {
                 let info = info_for(Some(target), local, &r, tls.as_deref());

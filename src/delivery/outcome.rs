@@ -91,8 +91,13 @@ impl Ctx {
         let now = self.clock.now_ms();
         record(&mut d, &a, now);
         let retry = &self.cfg.delivery.retry;
-        let idx = (d.attempts as usize).saturating_sub(1).min(retry.len().saturating_sub(1));
-        let base = retry.get(idx).map(|r| r.0.as_millis() as u64).unwrap_or(300_000);
+        let idx = (d.attempts as usize)
+            .saturating_sub(1)
+            .min(retry.len().saturating_sub(1));
+        let base = retry
+            .get(idx)
+            .map(|r| r.0.as_millis() as u64)
+            .unwrap_or(300_000);
         let jitter = rand::rng().random_range(0..=base / 5);
         d.next_ms = now + base - base / 10 + jitter;
         if let Err(e) = self.spool.update(&d).await {
@@ -118,7 +123,10 @@ impl Ctx {
             ev.enhanced = last.enhanced.clone();
             ev.mx = last.mx.clone();
             ev.ip = last.ip.clone();
-            ev.response = Some(format!("expired after {} attempts; last: {}", d.attempts, last.response));
+            ev.response = Some(format!(
+                "expired after {} attempts; last: {}",
+                d.attempts, last.response
+            ));
         } else {
             ev.response = Some("expired before any attempt".into());
         }

@@ -33,7 +33,12 @@ impl ServerCertVerifier for AcceptAny {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -42,7 +47,12 @@ impl ServerCertVerifier for AcceptAny {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -86,7 +96,8 @@ pub fn connector() -> TlsConnector {
 
 /// SNI name for an MX host (falls back to its IP).
 pub fn server_name(host: &str, ip: IpAddr) -> ServerName<'static> {
-    ServerName::try_from(host.trim_end_matches('.').to_string()).unwrap_or(ServerName::IpAddress(ip.into()))
+    ServerName::try_from(host.trim_end_matches('.').to_string())
+        .unwrap_or(ServerName::IpAddress(ip.into()))
 }
 
 pub fn version_name(v: ProtocolVersion) -> &'static str {

@@ -45,8 +45,7 @@ pub fn parse(raw: &str) -> Result<Address, AddressError> {
     if s.len() > 254 {
         return Err(AddressError::TooLong);
     }
-    if s
-        .chars()
+    if s.chars()
         .any(|c| c.is_control() || c.is_whitespace() || "<>()[],;:\\\"".contains(c))
     {
         return Err(AddressError::BadChar);
@@ -107,8 +106,17 @@ mod tests {
         assert_eq!(parse("a b@c.test"), Err(AddressError::BadChar));
         assert_eq!(parse("<a@c.test>"), Err(AddressError::BadChar));
         assert_eq!(parse(".a@c.test"), Err(AddressError::LocalDots));
-        assert!(matches!(parse("a@localhost"), Err(AddressError::BadDomain(_))));
-        assert!(matches!(parse("a@-x.test"), Err(AddressError::BadDomain(_))));
-        assert_eq!(parse(&format!("{}@c.test", "a".repeat(65))), Err(AddressError::LocalLength));
+        assert!(matches!(
+            parse("a@localhost"),
+            Err(AddressError::BadDomain(_))
+        ));
+        assert!(matches!(
+            parse("a@-x.test"),
+            Err(AddressError::BadDomain(_))
+        ));
+        assert_eq!(
+            parse(&format!("{}@c.test", "a".repeat(65))),
+            Err(AddressError::LocalLength)
+        );
     }
 }

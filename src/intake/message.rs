@@ -67,19 +67,30 @@ pub fn prepare(
                     raw.extend_from_slice(line);
                     raw.extend_from_slice(b"\r\n");
                 }
-                None => return Err(MessageError::BadHeader(i + 1, "starts with a continuation line".into())),
+                None => {
+                    return Err(MessageError::BadHeader(
+                        i + 1,
+                        "starts with a continuation line".into(),
+                    ))
+                }
             }
             continue;
         }
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             return Err(MessageError::BadHeader(
                 i + 1,
-                format!("{:?} is not a header field", String::from_utf8_lossy(&line[..line.len().min(40)])),
+                format!(
+                    "{:?} is not a header field",
+                    String::from_utf8_lossy(&line[..line.len().min(40)])
+                ),
             ));
         };
         let name = String::from_utf8_lossy(&line[..colon]).trim().to_string();
         if name.is_empty() || name.contains(char::is_whitespace) {
-            return Err(MessageError::BadHeader(i + 1, format!("invalid field name {name:?}")));
+            return Err(MessageError::BadHeader(
+                i + 1,
+                format!("invalid field name {name:?}"),
+            ));
         }
         let mut raw_field = line.to_vec();
         raw_field.extend_from_slice(b"\r\n");
@@ -97,13 +108,12 @@ pub fn prepare(
         is(n, "Content-Transfer-Encoding") && value(v).eq_ignore_ascii_case("binary")
     });
     if !binary {
-        let mut line_no = head.split(|&b| b == b'\n').count() + 1;
-        for line in body.split(|&b| b == b'\n') {
+        let first = head.split(|&b| b == b'\n').count() + 1;
+        for (line_no, line) in (first..).zip(body.split(|&b| b == b'\n')) {
             let l = line.strip_suffix(b"\r").unwrap_or(line);
             if l.len() > 998 {
                 return Err(MessageError::LineTooLong(line_no));
             }
-            line_no += 1;
         }
     }
     let mut headers = IntakeHeaders::default();
@@ -130,7 +140,9 @@ pub fn prepare(
     }
     let mut out = Vec::with_capacity(text.len() + 128);
     if !fields.iter().any(|(n, _)| is(n, "Message-ID")) {
-        out.extend_from_slice(format!("Message-ID: <{unique:016x}.{now_ms}@{hostname}>\r\n").as_bytes());
+        out.extend_from_slice(
+            format!("Message-ID: <{unique:016x}.{now_ms}@{hostname}>\r\n").as_bytes(),
+        );
     }
     if !fields.iter().any(|(n, _)| is(n, "Date")) {
         out.extend_from_slice(format!("Date: {}\r\n", crate::clock::rfc5322(now_ms)).as_bytes());
@@ -188,42 +200,68 @@ mod tests {
     fn adds_missing_headers_and_crlf() {
         let r = p("From: a@b.test\nSubject: hi\n\nbody\n").unwrap();
         let s = String::from_utf8(r.content).unwrap();
-        assert!(s.starts_with("Message-ID: <0000000000000007.0@mta.test>\r\nDate: Thu, 1 Jan 1970"), "{s}");
+        assert!(
+            s.starts_with("Message-ID: <0000000000000007.0@mta.test>\r\nDate: Thu, 1 Jan 1970"),
+            "{s}"
+        );
         assert!(s.ends_with("Subject: hi\r\n\r\nbody\r\n"), "{s}");
     }
 
     #[test]
     fn keeps_existing_headers() {
         let r = p("Date: x\r\nMessage-Id: <1@x>\r\nFrom: a@b.test\r\n\r\nb").unwrap();
-        assert_eq!(r.content, b"Date: x\r\nMessage-Id: <1@x>\r\nFrom: a@b.test\r\n\r\nb");
+        assert_eq!(
+            r.content,
+            b"Date: x\r\nMessage-Id: <1@x>\r\nFrom: a@b.test\r\n\r\nb"
+        );
     }
 
     #[test]
     fn from_rules() {
         assert_eq!(p("Subject: x\n\nb").err(), Some(MessageError::NoFrom));
-        assert_eq!(p("From: a@b.test\nFrom: c@d.test\n\nb").err(), Some(MessageError::SeveralFrom(2)));
+        assert_eq!(
+            p("From: a@b.test\nFrom: c@d.test\n\nb").err(),
+            Some(MessageError::SeveralFrom(2))
+        );
     }
 
     #[test]
     fn long_lines() {
         let long = "x".repeat(999);
-        assert_eq!(p(&format!("From: a@b.test\n\n{long}\n")).err(), Some(MessageError::LineTooLong(3)));
-        assert!(p(&format!("From: a@b.test\nContent-Transfer-Encoding: binary\n\n{long}\n")).is_ok());
+        assert_eq!(
+            p(&format!("From: a@b.test\n\n{long}\n")).err(),
+            Some(MessageError::LineTooLong(3))
+        );
+        assert!(p(&format!(
+            "From: a@b.test\nContent-Transfer-Encoding: binary\n\n{long}\n"
+        ))
+        .is_ok());
     }
 
     #[test]
     fn size_and_garbage() {
-        assert!(matches!(prepare(b"From: a@b.test\r\n\r\nxx", 5, "h", 0, 0, true), Err(MessageError::TooLarge(..))));
-        assert!(matches!(p("this is not a message"), Err(MessageError::BadHeader(1, _))));
+        assert!(matches!(
+            prepare(b"From: a@b.test\r\n\r\nxx", 5, "h", 0, 0, true),
+            Err(MessageError::TooLarge(..))
+        ));
+        assert!(matches!(
+            p("this is not a message"),
+            Err(MessageError::BadHeader(1, _))
+        ));
     }
 
     #[test]
     fn intake_headers_are_taken_out() {
-        let r = p("From: a@b.test\nx-job: spring\nX-Virtual-MTA: pool1\nX-Sluice-Tenant: brand\n\nb").unwrap();
+        let r =
+            p("From: a@b.test\nx-job: spring\nX-Virtual-MTA: pool1\nX-Sluice-Tenant: brand\n\nb")
+                .unwrap();
         assert_eq!(r.headers.campaign.as_deref(), Some("spring"));
         assert_eq!(r.headers.pool.as_deref(), Some("pool1"));
         assert_eq!(r.headers.tenant.as_deref(), Some("brand"));
         let s = String::from_utf8(r.content).unwrap();
-        assert!(!s.to_lowercase().contains("x-job") && !s.contains("X-Sluice"), "{s}");
+        assert!(
+            !s.to_lowercase().contains("x-job") && !s.contains("X-Sluice"),
+            "{s}"
+        );
     }
 }

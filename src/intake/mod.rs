@@ -87,7 +87,9 @@ fn clean_label(what: &str, v: Option<String>) -> Result<Option<String>, IntakeEr
         Some(s) if s.chars().any(|c| c.is_control()) => Err(IntakeError::Invalid(format!(
             "{what} contains control characters"
         ))),
-        Some(s) if s.len() > 200 => Err(IntakeError::Invalid(format!("{what} is longer than 200 characters"))),
+        Some(s) if s.len() > 200 => Err(IntakeError::Invalid(format!(
+            "{what} is longer than 200 characters"
+        ))),
         Some(s) if s.trim().is_empty() => Ok(None),
         other => Ok(other),
     }
@@ -118,7 +120,10 @@ impl Intake {
     pub async fn submit(&self, sub: Submission) -> Result<Receipt, IntakeError> {
         let max_rcpt = self.cfg.intake.max_recipients;
         if sub.recipients.len() > max_rcpt {
-            return Err(IntakeError::TooManyRecipients(sub.recipients.len(), max_rcpt));
+            return Err(IntakeError::TooManyRecipients(
+                sub.recipients.len(),
+                max_rcpt,
+            ));
         }
         self.check_capacity(sub.recipients.len())?;
         let now = self.clock.now_ms();
@@ -147,7 +152,9 @@ impl Intake {
                 if id.chars().any(|c| c.is_control()) || id.len() > 200 {
                     rejected.push(RejectedRecipient {
                         recipient: r.email,
-                        error: "recipient id must be at most 200 characters without control characters".into(),
+                        error:
+                            "recipient id must be at most 200 characters without control characters"
+                                .into(),
                     });
                     continue;
                 }

@@ -115,9 +115,16 @@ async fn session(
                 Mode::Discard(dd) => {
                     if dd.ingest(&mut iter) {
                         mode = Mode::Command;
-                        txn = Txn { mail: false, rcpts: Vec::new(), data: Vec::new() };
+                        txn = Txn {
+                            mail: false,
+                            rcpts: Vec::new(),
+                            data: Vec::new(),
+                        };
                         out.extend_from_slice(
-                            format!("552 5.3.4 message exceeds the size limit of {max_size} bytes\r\n").as_bytes(),
+                            format!(
+                                "552 5.3.4 message exceeds the size limit of {max_size} bytes\r\n"
+                            )
+                            .as_bytes(),
                         );
                     }
                 }
@@ -126,14 +133,22 @@ async fn session(
                         let reply = match req {
                             Request::Ehlo { .. } => {
                                 helo = true;
-                                txn = Txn { mail: false, rcpts: Vec::new(), data: Vec::new() };
+                                txn = Txn {
+                                    mail: false,
+                                    rcpts: Vec::new(),
+                                    data: Vec::new(),
+                                };
                                 format!(
                                     "250-{host} at your service\r\n250-PIPELINING\r\n250-SIZE {max_size}\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
                                 )
                             }
                             Request::Helo { .. } => {
                                 helo = true;
-                                txn = Txn { mail: false, rcpts: Vec::new(), data: Vec::new() };
+                                txn = Txn {
+                                    mail: false,
+                                    rcpts: Vec::new(),
+                                    data: Vec::new(),
+                                };
                                 format!("250 {host}\r\n")
                             }
                             Request::Mail { from } => {
@@ -163,7 +178,9 @@ async fn session(
                                             txn.rcpts.push(a.as_string());
                                             "250 2.1.5 recipient ok\r\n".to_string()
                                         }
-                                        Err(e) => format!("501 5.1.3 bad recipient address: {e}\r\n"),
+                                        Err(e) => {
+                                            format!("501 5.1.3 bad recipient address: {e}\r\n")
+                                        }
                                     }
                                 }
                             }
@@ -177,7 +194,11 @@ async fn session(
                                 }
                             }
                             Request::Rset => {
-                                txn = Txn { mail: false, rcpts: Vec::new(), data: Vec::new() };
+                                txn = Txn {
+                                    mail: false,
+                                    rcpts: Vec::new(),
+                                    data: Vec::new(),
+                                };
                                 "250 2.0.0 reset\r\n".to_string()
                             }
                             Request::Noop { .. } => "250 2.0.0 ok\r\n".to_string(),
@@ -197,13 +218,27 @@ async fn session(
                     Err(e) => {
                         errors += 1;
                         let msg = match e {
-                            smtp_proto::Error::UnknownCommand => "500 5.5.2 unknown command".to_string(),
-                            smtp_proto::Error::ResponseTooLong => "500 5.5.2 line too long".to_string(),
-                            smtp_proto::Error::InvalidSenderAddress => "501 5.1.7 bad sender address".to_string(),
-                            smtp_proto::Error::InvalidRecipientAddress => "501 5.1.3 bad recipient address".to_string(),
-                            smtp_proto::Error::SyntaxError { syntax } => format!("501 5.5.4 syntax: {syntax}"),
-                            smtp_proto::Error::InvalidParameter { param } => format!("501 5.5.4 invalid parameter {param}"),
-                            smtp_proto::Error::UnsupportedParameter { param } => format!("555 5.5.4 unsupported parameter {param}"),
+                            smtp_proto::Error::UnknownCommand => {
+                                "500 5.5.2 unknown command".to_string()
+                            }
+                            smtp_proto::Error::ResponseTooLong => {
+                                "500 5.5.2 line too long".to_string()
+                            }
+                            smtp_proto::Error::InvalidSenderAddress => {
+                                "501 5.1.7 bad sender address".to_string()
+                            }
+                            smtp_proto::Error::InvalidRecipientAddress => {
+                                "501 5.1.3 bad recipient address".to_string()
+                            }
+                            smtp_proto::Error::SyntaxError { syntax } => {
+                                format!("501 5.5.4 syntax: {syntax}")
+                            }
+                            smtp_proto::Error::InvalidParameter { param } => {
+                                format!("501 5.5.4 invalid parameter {param}")
+                            }
+                            smtp_proto::Error::UnsupportedParameter { param } => {
+                                format!("555 5.5.4 unsupported parameter {param}")
+                            }
                             other => format!("500 5.5.2 {other:?}"),
                         };
                         out.extend_from_slice(msg.as_bytes());
@@ -242,7 +277,10 @@ async fn finish_data(intake: &Intake, txn: &mut Txn) -> String {
     match intake.submit(sub).await {
         Ok(r) => {
             let first = r.messages.first().map(|m| m.id.clone()).unwrap_or_default();
-            format!("250 2.0.0 queued as {first} ({} deliveries)\r\n", r.accepted)
+            format!(
+                "250 2.0.0 queued as {first} ({} deliveries)\r\n",
+                r.accepted
+            )
         }
         Err(IntakeError::Message(e @ MessageError::TooLarge(..))) => format!("552 5.3.4 {e}\r\n"),
         Err(IntakeError::Message(e)) => format!("550 5.6.0 {e}\r\n"),

@@ -150,7 +150,14 @@ impl Harness {
             "recipients": recipients,
             "content": message("Hello"),
         });
-        let (code, v) = http(self.http(), "POST", "/api/v1/messages", Some(&body.to_string()), None).await;
+        let (code, v) = http(
+            self.http(),
+            "POST",
+            "/api/v1/messages",
+            Some(&body.to_string()),
+            None,
+        )
+        .await;
         assert_eq!(code, 202, "inject failed: {v}");
         v
     }
@@ -277,7 +284,10 @@ pub async fn http_raw(
         .map(|p| p + 4)
         .unwrap_or(out.len());
     let mut payload = out[pos..].to_vec();
-    if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         payload = dechunk(&payload);
     }
     (code, payload)
@@ -285,8 +295,7 @@ pub async fn http_raw(
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else { break };
+    while let Some(nl) = b.windows(2).position(|w| w == b"\r\n") {
         let n = usize::from_str_radix(String::from_utf8_lossy(&b[..nl]).trim(), 16).unwrap_or(0);
         if n == 0 {
             break;
@@ -327,7 +336,11 @@ impl SmtpClient {
                 .await
                 .expect("smtp reply timeout")
                 .expect("smtp read");
-            assert!(n > 0, "connection closed; buffered: {:?}", String::from_utf8_lossy(&self.buf));
+            assert!(
+                n > 0,
+                "connection closed; buffered: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
