@@ -13,7 +13,10 @@ use sluice::{Clock, Config, Engine};
 use std::time::Instant;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn cpu_seconds() -> f64 {
@@ -96,9 +99,19 @@ async fn run() {
             let end = if c == conc - 1 { n } else { i + per_task };
             while i < end {
                 let hi = (i + batch).min(end);
-                let rcpts: Vec<String> = (i..hi).map(|k| format!("u{k}@d{}.test", k % domains)).collect();
-                let req = serde_json::json!({"campaign": "bench", "recipients": rcpts, "content": body});
-                let (code, v) = http(addr, "POST", "/api/v1/messages", Some(&req.to_string()), None).await;
+                let rcpts: Vec<String> = (i..hi)
+                    .map(|k| format!("u{k}@d{}.test", k % domains))
+                    .collect();
+                let req =
+                    serde_json::json!({"campaign": "bench", "recipients": rcpts, "content": body});
+                let (code, v) = http(
+                    addr,
+                    "POST",
+                    "/api/v1/messages",
+                    Some(&req.to_string()),
+                    None,
+                )
+                .await;
                 assert_eq!(code, 202, "{v}");
                 i = hi;
             }
