@@ -2,6 +2,7 @@
 
 use crate::config::parse_duration;
 use crate::intake::{Intake, IntakeError, RecipientSpec, Submission};
+use crate::rules::Level;
 use crate::spool::{Lookup, Priority};
 use crate::verp::{id_str, parse_id};
 use axum::body::{to_bytes, Body};
@@ -29,6 +30,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/pause", post(pause))
         .route("/api/v1/resume", post(resume))
+        .route("/api/v1/queues", get(queues))
+        .route("/api/v1/level", get(get_level).post(set_level))
+        .route("/api/v1/rules/reload", post(reload))
+        .route("/api/v1/paths/{id}/suspend", post(suspend_path))
+        .route("/api/v1/paths/{id}/resume", post(resume_path))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -222,13 +228,95 @@ async fn message(State(st): St, Path(id): Path<String>) -> Response {
 
 async fn status(State(st): St) -> Response {
     let totals = st.intake.sched.totals();
-    let dests = st.intake.sched.destinations(100);
+    let paths = st.intake.sched.paths(100);
+    let (level, per_source) = st.intake.sched.levels();
     Json(json!({
         "totals": totals,
-        "destinations": dests,
+        "paths": paths,
+        "level": level.as_str(),
+        "source_levels": per_source.iter().map(|(s, l)| json!({"source": s, "level": l.as_str()})).collect::<Vec<_>>(),
         "spool_bytes": st.intake.spool.file_bytes(),
     }))
     .into_response()
+}
+
+async fn queues(State(st): St) -> Response {
+    Json(json!({
+        "totals": st.intake.sched.totals(),
+        "paths": st.intake.sched.paths(10_000),
+    }))
+    .into_response()
+}
+
+async fn get_level(State(st): St) -> Response {
+    let (level, per_source) = st.intake.sched.levels();
+    Json(json!({
+        "level": level.as_str(),
+        "sources": per_source.iter().map(|(s, l)| json!({"source": s, "level": l.as_str()})).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LevelIn {
+    level: String,
+    #[serde(default)]
+    source: Option<String>,
+}
+
+async fn set_level(State(st): St, body: axum::body::Bytes) -> Response {
+    let req: LevelIn = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    let Some(level) = Level::parse(&req.level) else {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!("unknown level {:?} (slow, normal, fast, very_fast, boost, custom)", req.level),
+        );
+    };
+    if let Err(e) = st.intake.sched.set_level(level, req.source.as_deref()) {
+        return err(StatusCode::BAD_REQUEST, e);
+    }
+    let key = match &req.source {
+        Some(s) => format!("level:{s}"),
+        None => "level".to_string(),
+    };
+    let spool = st.intake.spool.clone();
+    let value = level.as_str().to_string();
+    match tokio::task::spawn_blocking(move || spool.meta_set(&key, &value)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return err(StatusCode::INTERNAL_SERVER_ERROR, format!("level set but not saved: {e}")),
+        Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    Json(json!({"level": level.as_str(), "source": req.source})).into_response()
+}
+
+async fn reload(State(st): St) -> Response {
+    match crate::engine::reload_rules(&st.intake.cfg, &st.intake.sched) {
+        Ok(n) => Json(json!({"reloaded": true, "rules": n})).into_response(),
+        Err(e) => err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("rules refused, the running rules stay: {e}"),
+        ),
+    }
+}
+
+async fn suspend_path(State(st): St, Path(id): Path<String>) -> Response {
+    if st.intake.sched.set_path_suspended(&id, true) {
+        Json(json!({"path": id, "suspended": true})).into_response()
+    } else {
+        err(StatusCode::NOT_FOUND, format!("no path {id}"))
+    }
+}
+
+async fn resume_path(State(st): St, Path(id): Path<String>) -> Response {
+    if st.intake.sched.set_path_suspended(&id, false) {
+        Json(json!({"path": id, "suspended": false})).into_response()
+    } else {
+        err(StatusCode::NOT_FOUND, format!("no path {id}"))
+    }
 }
 
 async fn pause(State(st): St) -> Response {

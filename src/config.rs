@@ -111,6 +111,14 @@ pub struct Config {
     pub api: ApiCfg,
     #[serde(default)]
     pub intake: IntakeCfg,
+    /// Sending IPs. Empty = one source `default` with the OS-chosen address and `hostname`.
+    #[serde(default)]
+    pub sources: Vec<SourceCfg>,
+    /// Named groups of sources. Empty = one pool `default` holding every source.
+    #[serde(default)]
+    pub pools: Vec<PoolCfg>,
+    #[serde(default)]
+    pub rules: RulesCfg,
     /// Folder of the config file; relative paths were resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -246,18 +254,9 @@ pub struct DeliveryCfg {
     /// How long a host whose STARTTLS failed is contacted without TLS.
     #[serde(default = "default_tls_broken")]
     pub tls_broken_for: Dur,
-    /// Concurrent connections per destination (until MX rules say otherwise).
-    #[serde(default = "default_conns")]
-    pub max_connections_per_destination: u32,
-    /// Messages carried by one connection before QUIT and reconnect.
-    #[serde(default = "default_mpc")]
-    pub messages_per_connection: u32,
     /// Concurrent outgoing connections in total.
     #[serde(default = "default_total")]
     pub max_connections: u32,
-    /// Local address outgoing connections bind to (default: chosen by the OS).
-    #[serde(default)]
-    pub source_ip: Option<IpAddr>,
 }
 
 fn default_port() -> u16 {
@@ -284,12 +283,6 @@ fn default_max_age() -> Dur {
 fn default_tls_broken() -> Dur {
     Dur::secs(3600)
 }
-fn default_conns() -> u32 {
-    20
-}
-fn default_mpc() -> u32 {
-    100
-}
 fn default_total() -> u32 {
     1000
 }
@@ -305,10 +298,7 @@ impl Default for DeliveryCfg {
             max_age: default_max_age(),
             tls: TlsMode::default(),
             tls_broken_for: default_tls_broken(),
-            max_connections_per_destination: default_conns(),
-            messages_per_connection: default_mpc(),
             max_connections: default_total(),
-            source_ip: None,
         }
     }
 }
@@ -383,6 +373,62 @@ impl Default for IntakeCfg {
             max_message_size: default_msg_size(),
             max_request_size: default_req_size(),
             max_recipients: default_max_rcpt(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceCfg {
+    pub name: String,
+    /// Local address outgoing connections bind to.
+    #[serde(default)]
+    pub ip: Option<IpAddr>,
+    /// EHLO name (must match the IP's reverse DNS); default `hostname`.
+    #[serde(default)]
+    pub helo: Option<String>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Throughput level of this source (warm-up); default `[rules] level`.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolCfg {
+    pub name: String,
+    pub sources: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesCfg {
+    /// MX rules file; absent = the built-in rules.
+    #[serde(default)]
+    pub mx: Option<PathBuf>,
+    /// Bounce qualification rules file; absent = the built-in rules.
+    #[serde(default)]
+    pub bounce: Option<PathBuf>,
+    /// Throughput level: slow, normal, fast, very_fast, boost, custom.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+fn default_level() -> String {
+    "boost".into()
+}
+
+impl Default for RulesCfg {
+    fn default() -> Self {
+        RulesCfg {
+            mx: None,
+            bounce: None,
+            level: default_level(),
         }
     }
 }
@@ -484,6 +530,8 @@ impl Config {
             return Err(ConfigError::Invalid(issues));
         }
         cfg.spool.path = cfg.resolve(&cfg.spool.path);
+        cfg.rules.mx = cfg.rules.mx.as_ref().map(|p| cfg.resolve(p));
+        cfg.rules.bounce = cfg.rules.bounce.as_ref().map(|p| cfg.resolve(p));
         cfg.events.path = cfg.resolve(&cfg.events.path);
         Ok(cfg)
     }
@@ -554,20 +602,6 @@ impl Config {
         if self.delivery.max_age.0.is_zero() {
             issue("delivery", "max_age", "must be above zero".into());
         }
-        if self.delivery.max_connections_per_destination == 0 {
-            issue(
-                "delivery",
-                "max_connections_per_destination",
-                "must be at least 1".into(),
-            );
-        }
-        if self.delivery.messages_per_connection == 0 {
-            issue(
-                "delivery",
-                "messages_per_connection",
-                "must be at least 1".into(),
-            );
-        }
         if self.delivery.max_connections == 0 {
             issue("delivery", "max_connections", "must be at least 1".into());
         }
@@ -598,6 +632,40 @@ impl Config {
                     self.listen.http
                 ),
             );
+        }
+        if crate::rules::Level::parse(&self.rules.level).is_none() {
+            issue(
+                "rules",
+                "level",
+                format!(
+                    "unknown level {:?} (slow, normal, fast, very_fast, boost, custom)",
+                    self.rules.level
+                ),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for src in &self.sources {
+            if src.name.is_empty() || !names.insert(src.name.as_str()) {
+                issue("sources", "name", format!("source name {:?} is empty or used twice", src.name));
+            }
+            if src.weight == 0 {
+                issue("sources", "weight", format!("source {:?}: weight must be at least 1", src.name));
+            }
+            if let Some(l) = &src.level {
+                if crate::rules::Level::parse(l).is_none() {
+                    issue("sources", "level", format!("source {:?}: unknown level {l:?}", src.name));
+                }
+            }
+        }
+        for p in &self.pools {
+            if p.sources.is_empty() {
+                issue("pools", "sources", format!("pool {:?} has no sources", p.name));
+            }
+            for s in &p.sources {
+                if !self.sources.iter().any(|x| &x.name == s) {
+                    issue("pools", "sources", format!("pool {:?}: no source named {s:?}", p.name));
+                }
+            }
         }
         for c in &self.listen.smtp_allow {
             match Cidr::parse(c) {
@@ -635,7 +703,7 @@ pub fn locate(text: &str, section: &str, key: &str) -> Option<usize> {
                 .trim_matches(|c| c == '[' || c == ']')
                 .trim()
                 .to_string();
-            if current == section && key.is_empty() {
+            if (current == section || current == format!("[{section}]")) && key.is_empty() {
                 return Some(i + 1);
             }
             continue;

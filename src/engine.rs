@@ -7,7 +7,9 @@ use crate::delivery::{self, Ctx};
 use crate::dns::{DnsSetupError, Resolver};
 use crate::events::{Event, Events, EventsError};
 use crate::intake::{smtp, Intake};
-use crate::queue::Scheduler;
+use crate::queue::{Scheduler, Source};
+use crate::rules::{Level, RuleSet, RulesError};
+use std::collections::HashMap;
 use crate::spool::{Spool, SpoolError};
 use crate::verp::Verp;
 use std::net::SocketAddr;
@@ -26,6 +28,62 @@ pub enum EngineError {
     Dns(#[from] DnsSetupError),
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    #[error("MX rules: {0}")]
+    Rules(#[from] RulesError),
+}
+
+/// The MX rules the config points at (or the built-in ones).
+pub fn load_rules(cfg: &Config) -> Result<RuleSet, RulesError> {
+    match &cfg.rules.mx {
+        Some(p) => RuleSet::load(p),
+        None => RuleSet::builtin(),
+    }
+}
+
+/// Configured sources, or one `default` source with the OS-chosen address.
+pub fn sources_of(cfg: &Config) -> Vec<Source> {
+    if cfg.sources.is_empty() {
+        return vec![Source {
+            name: "default".into(),
+            ip: None,
+            helo: cfg.hostname.clone(),
+            weight: 1,
+        }];
+    }
+    cfg.sources
+        .iter()
+        .map(|s| Source {
+            name: s.name.clone(),
+            ip: s.ip,
+            helo: s.helo.clone().unwrap_or_else(|| cfg.hostname.clone()),
+            weight: s.weight.max(1),
+        })
+        .collect()
+}
+
+/// Levels as configured (global, per source).
+pub fn configured_levels(cfg: &Config) -> (Level, HashMap<String, Level>) {
+    let level = Level::parse(&cfg.rules.level).unwrap_or_default();
+    let per = cfg
+        .sources
+        .iter()
+        .filter_map(|s| {
+            s.level
+                .as_deref()
+                .and_then(Level::parse)
+                .map(|l| (s.name.clone(), l))
+        })
+        .collect();
+    (level, per)
+}
+
+/// Reload the MX rules file; a file that does not validate is refused and the running
+/// rules stay. Returns the number of rules now in force.
+pub fn reload_rules(cfg: &Config, sched: &Scheduler) -> Result<usize, RulesError> {
+    let rules = load_rules(cfg)?;
+    let n = rules.rules.len();
+    sched.set_rules(Arc::new(rules));
+    Ok(n)
 }
 
 /// A running engine.
@@ -51,8 +109,34 @@ impl Engine {
         )?;
         let (events, _events_task) = Events::start(&cfg.events.path)?;
         let dns = Arc::new(Resolver::new(&cfg.dns)?);
-        let (sched, conn_rx, expired_rx) =
-            Scheduler::new(clock.clone(), cfg.delivery.max_connections_per_destination);
+        let rules = Arc::new(load_rules(&cfg)?);
+        let sources = sources_of(&cfg);
+        let pools = cfg
+            .pools
+            .iter()
+            .map(|p| (p.name.clone(), p.sources.clone()))
+            .collect();
+        let (mut level, mut source_levels) = configured_levels(&cfg);
+        if let Some(saved) = spool.meta_get("level")? {
+            if let Some(l) = Level::parse(&saved) {
+                level = l;
+            }
+        }
+        for src in &sources {
+            if let Some(saved) = spool.meta_get(&format!("level:{}", src.name))? {
+                if let Some(l) = Level::parse(&saved) {
+                    source_levels.insert(src.name.clone(), l);
+                }
+            }
+        }
+        let (sched, feeds) = Scheduler::new(
+            clock.clone(),
+            sources,
+            pools,
+            rules,
+            level,
+            source_levels,
+        );
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let http = TcpListener::bind(cfg.listen.http)
@@ -110,12 +194,17 @@ impl Engine {
         tasks.push(tokio::spawn(sched.clone().run_timer(shutdown_rx.clone())));
         tasks.push(tokio::spawn(delivery::run_dispatcher(
             ctx.clone(),
-            conn_rx,
+            feeds.connect,
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(delivery::run_resolver(
+            ctx.clone(),
+            feeds.resolve,
             shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(delivery::run_expiry(
             ctx.clone(),
-            expired_rx,
+            feeds.expired,
             shutdown_rx.clone(),
         )));
         if let Some(l) = smtp_listener {
@@ -129,6 +218,26 @@ impl Engine {
         let router = api::router(Arc::new(ApiState {
             intake: intake.clone(),
             token: cfg.api.token.clone(),
+        }));
+        let reload_ctx = (cfg.clone(), sched.clone());
+        let mut hup_rx = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => {
+                        match reload_rules(&reload_ctx.0, &reload_ctx.1) {
+                            Ok(n) => tracing::info!(rules = n, "rules reloaded (SIGHUP)"),
+                            Err(e) => tracing::error!(error = %e, "rules reload refused; the running rules stay"),
+                        }
+                    }
+                    _ = hup_rx.changed() => return,
+                }
+            }
         }));
         let mut srx = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {

@@ -5,6 +5,7 @@
 //! outcome (spool, events). `dns` resolves MX plans; `verp` signs envelope senders.
 
 pub mod api;
+pub mod bounce;
 pub mod clock;
 pub mod config;
 pub mod delivery;
@@ -13,7 +14,9 @@ pub mod engine;
 pub mod events;
 pub mod intake;
 pub mod queue;
+pub mod rules;
 pub mod spool;
+pub mod throttle;
 pub mod verp;
 
 pub use clock::{Clock, ManualClock};

@@ -56,6 +56,19 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Check { config } => {
             let cfg = load(&config)?;
+            let rules = match sluice::engine::load_rules(&cfg) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    bail!("MX rules are invalid");
+                }
+            };
+            println!(
+                "{}: ok ({} rules, {} backoff rules)",
+                rules.source.display(),
+                rules.rules.len(),
+                rules.backoffs.len()
+            );
             println!(
                 "{}: ok (hostname {}, http {}, smtp {}, spool {})",
                 config.display(),

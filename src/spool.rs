@@ -22,6 +22,7 @@ const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 const REFS: TableDefinition<u64, u64> = TableDefinition::new("refs");
 const ACTIVE: TableDefinition<u64, &[u8]> = TableDefinition::new("active");
 const DONE: TableDefinition<u64, &[u8]> = TableDefinition::new("done");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 /// Ids carry their creation time: `unix_ms << 22 | counter`, so they sort by age and
 /// old finished records can be pruned by key range.
@@ -220,6 +221,7 @@ impl Spool {
             tx.open_table(REFS)?;
             tx.open_table(ACTIVE)?;
             tx.open_table(DONE)?;
+            tx.open_table(META)?;
             tx.commit()?;
         }
         let db = Arc::new(db);
@@ -392,6 +394,25 @@ impl Spool {
             return Ok(Some(Lookup::Finished(f)));
         }
         Ok(None)
+    }
+
+    /// A persisted engine setting (e.g. the throughput level).
+    pub fn meta_get(&self, key: &str) -> Result<Option<String>, SpoolError> {
+        let tx = self.inner.db.begin_read()?;
+        let t = tx.open_table(META)?;
+        Ok(t.get(key)?.map(|v| v.value().to_string()))
+    }
+
+    /// Persist an engine setting (own durable transaction).
+    pub fn meta_set(&self, key: &str, value: &str) -> Result<(), SpoolError> {
+        let mut tx = self.inner.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        {
+            let mut t = tx.open_table(META)?;
+            t.insert(key, value)?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Size of the spool file in bytes.

@@ -348,7 +348,7 @@ async fn transactional_mail_goes_ahead_of_bulk() {
     let net = 21;
     let mx1 = mx(net, 2, MxScript::default()).await;
     let mut o = Opts::new(net);
-    o.delivery = "max_connections_per_destination = 1".into();
+    o.rules = Some(common::harness::catch_all(1, 100, ""));
     let mut h = Harness::start(two_mx(net), o).await;
     let (code, _) = common::harness::http(h.http(), "POST", "/api/v1/pause", None, None).await;
     assert_eq!(code, 200);
@@ -379,7 +379,7 @@ async fn one_connection_carries_several_deliveries() {
     let net = 22;
     let mx1 = mx(net, 2, MxScript::default()).await;
     let mut o = Opts::new(net);
-    o.delivery = "max_connections_per_destination = 1\nmessages_per_connection = 3".into();
+    o.rules = Some(common::harness::catch_all(1, 3, ""));
     let mut h = Harness::start(two_mx(net), o).await;
     common::harness::http(h.http(), "POST", "/api/v1/pause", None, None).await;
     let rcpts: Vec<String> = (0..5).map(|i| format!("r{i}@a.test")).collect();

@@ -131,6 +131,8 @@ pub struct Params {
     pub source_ip: Option<IpAddr>,
     /// Try STARTTLS when offered.
     pub starttls: bool,
+    /// Fail the session when STARTTLS is not offered or fails.
+    pub require_tls: bool,
 }
 
 enum Stream {
@@ -236,6 +238,10 @@ impl Session {
         if s.params.starttls && s.caps & EXT_START_TLS != 0 {
             s.starttls(tls_name).await?;
             s.ehlo().await?;
+        } else if s.params.require_tls {
+            return Err(SessionError::Tls(
+                "TLS is required for this destination but STARTTLS is not offered".into(),
+            ));
         }
         s.state = State::Ready;
         Ok(s)

@@ -1,9 +1,10 @@
-//! Delivery: one task per outgoing connection.
+//! Delivery: one task per outgoing connection, plus the DNS resolution and expiry tasks.
 //!
-//! A connection task serves one destination: it resolves the MX plan, walks the targets in
-//! order (backup MX on refusal, timeout, a 421 greeting, a 4xx to EHLO or to the first MAIL),
-//! then carries deliveries from the destination's ready queue, one transaction each, up to
-//! `messages_per_connection`, and quits.
+//! A connection task serves one queue — (path, source, MX site). It walks the site's
+//! targets in order (backup MX on refusal, timeout, a 421 greeting when the rule allows, a
+//! 4xx to EHLO or to the first MAIL), then carries deliveries from the queue, one
+//! transaction each, while the path's limits allow, up to `messages_per_connection`; it
+//! waits up to the rule's `idle_timeout` for more work, then quits.
 
 pub mod client;
 pub mod outcome;
@@ -13,7 +14,8 @@ use crate::clock::Clock;
 use crate::config::{Config, TlsMode};
 use crate::dns::{ordered_targets, Resolver, Target};
 use crate::events::Events;
-use crate::queue::Scheduler;
+use crate::queue::{ConnInfo, Next, Scheduler};
+use crate::rules::RuleTls;
 use crate::spool::{Delivery, Spool};
 use client::{Params, Reply, Session, SessionError, TxnOutcome};
 use dashmap::DashMap;
@@ -39,6 +41,37 @@ pub struct Ctx {
 /// Spawns a connection task for every request from the scheduler.
 pub async fn run_dispatcher(
     ctx: Arc<Ctx>,
+    mut requests: mpsc::UnboundedReceiver<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            req = requests.recv() => match req {
+                Some(qid) => {
+                    let ctx = ctx.clone();
+                    tasks.spawn(async move {
+                        let mut established = false;
+                        if let Ok(_permit) = ctx.connections.clone().acquire_owned().await {
+                            if let Some(info) = ctx.sched.conn_info(qid) {
+                                established = serve_queue(&ctx, qid, &info).await;
+                            }
+                        }
+                        ctx.sched.connection_closed(qid, established);
+                    });
+                }
+                None => break,
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    tasks.shutdown().await;
+}
+
+/// Resolves domains for the scheduler (concurrently; answers are cached by the resolver).
+pub async fn run_resolver(
+    ctx: Arc<Ctx>,
     mut requests: mpsc::UnboundedReceiver<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -46,14 +79,27 @@ pub async fn run_dispatcher(
     loop {
         tokio::select! {
             req = requests.recv() => match req {
-                Some(dest) => {
+                Some(domain) => {
                     let ctx = ctx.clone();
                     tasks.spawn(async move {
-                        let permit = ctx.connections.clone().acquire_owned().await;
-                        if permit.is_ok() {
-                            serve_destination(&ctx, &dest).await;
+                        let plan = ctx.dns.plan(&domain).await;
+                        let failed = ctx.sched.resolved(&domain, &plan);
+                        if let Err(f) = plan {
+                            let (code, enh) = f.status();
+                            let info = AttemptInfo {
+                                code: Some(code),
+                                enhanced: Some(enh.to_string()),
+                                response: format!("{code} {enh} {f}"),
+                                ..AttemptInfo::default()
+                            };
+                            for d in failed {
+                                if f.is_permanent() {
+                                    ctx.bounced(d, info.clone(), None).await;
+                                } else {
+                                    ctx.deferred(d, info.clone(), None).await;
+                                }
+                            }
                         }
-                        ctx.sched.connection_closed(&dest);
                     });
                 }
                 None => break,
@@ -68,13 +114,13 @@ pub async fn run_dispatcher(
 /// Finishes deliveries that expired while queued.
 pub async fn run_expiry(
     ctx: Arc<Ctx>,
-    mut expired: mpsc::UnboundedReceiver<Delivery>,
+    mut expired: mpsc::UnboundedReceiver<(Delivery, Option<u64>)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
             d = expired.recv() => match d {
-                Some(d) => ctx.expired(d).await,
+                Some((d, qid)) => ctx.expired(d, qid).await,
                 None => return,
             },
             _ = shutdown.changed() => return,
@@ -82,12 +128,7 @@ pub async fn run_expiry(
     }
 }
 
-fn info_for(
-    t: Option<&Target>,
-    local: Option<SocketAddr>,
-    r: &Reply,
-    tls: Option<&str>,
-) -> AttemptInfo {
+fn info_for(t: Option<&Target>, local: Option<SocketAddr>, r: &Reply, tls: Option<&str>) -> AttemptInfo {
     AttemptInfo {
         mx: t.map(|t| t.host.clone()),
         ip: t.map(|t| t.ip.to_string()),
@@ -100,98 +141,158 @@ fn info_for(
 }
 
 impl Ctx {
-    fn params(&self, ip: IpAddr) -> Params {
+    fn params(&self, ip: IpAddr, info: &ConnInfo) -> Params {
         let d = &self.cfg.delivery;
         let broken = self
             .tls_broken
             .get(&ip)
             .map(|until| *until > self.clock.now_ms())
             .unwrap_or(false);
+        let tls = match info.rule.tls {
+            RuleTls::Off => false,
+            RuleTls::Required => true,
+            RuleTls::Opportunistic => d.tls == TlsMode::Opportunistic && !broken,
+        };
         Params {
-            helo: self.cfg.hostname.clone(),
+            helo: info.helo.clone(),
             connect_timeout: d.connect_timeout.0,
             command_timeout: d.command_timeout.0,
             data_timeout: d.data_timeout.0,
-            source_ip: d.source_ip,
-            starttls: d.tls == TlsMode::Opportunistic && !broken,
+            source_ip: info.source_ip,
+            starttls: tls,
+            require_tls: info.rule.tls == RuleTls::Required,
         }
     }
+
+    /// Check a negative reply against the backoff rules (and the 421 path-wide deferral).
+    fn react(&self, qid: u64, info: &ConnInfo, r: &Reply) {
+        let rules = self.sched.rules();
+        let text = r.line();
+        if let Some(b) = rules.backoff_for(&info.rule.name, r.code, &text) {
+            self.sched.backoff(qid, b, &format!("{} ({})", b.name, truncate(&text, 80)));
+        } else if r.code == 421 {
+            let first = info
+                .rule
+                .retry
+                .as_ref()
+                .and_then(|v| v.first().copied())
+                .or_else(|| self.cfg.delivery.retry.first().map(|d| d.0))
+                .unwrap_or(std::time::Duration::from_secs(300));
+            let ms = (first.as_millis() as u64).min(300_000);
+            self.sched.defer_path(qid, ms, &format!("421 ({})", truncate(&text, 80)));
+        }
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
 }
 
 enum HostResult {
     /// The queue is empty or the connection carried its share: done.
     Done,
-    /// Try the next host (the reason is kept for the deferral if all fail).
-    Next(AttemptInfo),
+    /// Try the next host; `network` says the failure was reaching it, not a reply.
+    Next(AttemptInfo, bool),
+    /// Stop trying hosts: the path was told to wait.
+    Stop(AttemptInfo),
 }
 
-/// Serve one destination over one connection (with fallback across its MX targets).
-pub async fn serve_destination(ctx: &Ctx, dest: &str) {
-    let plan = match ctx.dns.plan(dest).await {
-        Ok(p) => p,
-        Err(f) => {
-            let (code, enh) = f.status();
-            let info = AttemptInfo {
-                code: Some(code),
-                enhanced: Some(enh.to_string()),
-                response: format!("{code} {enh} {f}"),
-                ..AttemptInfo::default()
-            };
-            for d in ctx.sched.drain(dest) {
-                if f.is_permanent() {
-                    ctx.bounced(d, info.clone()).await;
-                } else {
-                    ctx.deferred(d, info.clone()).await;
-                }
-            }
-            return;
-        }
-    };
+/// Serve one queue over one connection (with fallback across its MX targets). Returns
+/// whether a connection was established.
+pub async fn serve_queue(ctx: &Ctx, qid: u64, info: &ConnInfo) -> bool {
     let mut last = AttemptInfo {
         code: Some(451),
         enhanced: Some("4.4.0".into()),
-        response: format!("451 4.4.0 no usable MX address for {dest}"),
+        response: "451 4.4.0 no usable MX address".into(),
         ..AttemptInfo::default()
     };
-    for target in ordered_targets(&plan) {
-        match serve_host(ctx, dest, &target).await {
-            HostResult::Done => return,
-            HostResult::Next(info) => last = info,
+    let mut all_network = true;
+    let mut stopped = false;
+    let mut established = false;
+    for target in ordered_targets(&info.targets) {
+        match serve_host(ctx, qid, info, &target, &mut established).await {
+            HostResult::Done => return established,
+            HostResult::Next(i, network) => {
+                all_network &= network;
+                last = i;
+            }
+            HostResult::Stop(i) => {
+                last = i;
+                all_network = false;
+                stopped = true;
+                break;
+            }
         }
     }
-    // Every host failed: the whole ready queue waits for the next attempt.
-    for d in ctx.sched.drain(dest) {
-        ctx.deferred(d, last.clone()).await;
+    if last.code == Some(421) && !stopped {
+        let r = Reply {
+            code: 421,
+            enhanced: last.enhanced.clone(),
+            text: last.response.clone(),
+        };
+        ctx.react(qid, info, &r);
     }
+    // Every host failed. A source that cannot reach the site leaves its share to the others.
+    let stuck = if all_network {
+        ctx.sched.unreachable(qid)
+    } else {
+        ctx.sched.drain(qid)
+    };
+    for d in stuck {
+        ctx.deferred(d, last.clone(), Some(qid)).await;
+    }
+    established
 }
 
-async fn serve_host(ctx: &Ctx, dest: &str, target: &Target) -> HostResult {
+async fn serve_host(
+    ctx: &Ctx,
+    qid: u64,
+    info: &ConnInfo,
+    target: &Target,
+    established: &mut bool,
+) -> HostResult {
     let addr = SocketAddr::new(target.ip, ctx.cfg.delivery.port);
-    let mut session = match Session::connect(addr, &target.host, ctx.params(target.ip)).await {
+    let mut session = match Session::connect(addr, &target.host, ctx.params(target.ip, info)).await {
         Ok(s) => s,
         Err(e) => {
-            if matches!(e, SessionError::Tls(_)) {
-                let until =
-                    ctx.clock.now_ms() + ctx.cfg.delivery.tls_broken_for.0.as_millis() as u64;
+            if matches!(e, SessionError::Tls(_)) && info.rule.tls != RuleTls::Required {
+                let until = ctx.clock.now_ms() + ctx.cfg.delivery.tls_broken_for.0.as_millis() as u64;
                 ctx.tls_broken.insert(target.ip, until);
                 tracing::info!(mx = %target.host, ip = %target.ip, error = %e, "STARTTLS failed; next attempts go without TLS");
-            } else {
-                tracing::debug!(mx = %target.host, ip = %target.ip, error = %e, "MX host failed");
             }
-            return HostResult::Next(info_for(Some(target), None, &e.as_reply(), None));
+            let network = matches!(e, SessionError::Connect(..) | SessionError::Timeout("connect"));
+            let reply = e.as_reply();
+            if let Some(r) = e.reply() {
+                if r.code == 421 && info.rule.fallback_on_421 {
+                    // try the backup; the path waits only if every host says 421
+                    return HostResult::Next(info_for(Some(target), None, &reply, None), false);
+                }
+                ctx.react(qid, info, r);
+                if r.code == 421 {
+                    return HostResult::Stop(info_for(Some(target), None, &reply, None));
+                }
+            }
+            return HostResult::Next(info_for(Some(target), None, &reply, None), network);
         }
     };
+    if !*established {
+        *established = true;
+        ctx.sched.connection_ready(qid);
+    }
     let local = Some(session.local);
-    let mpc = ctx.cfg.delivery.messages_per_connection;
     let mut sent = 0u32;
     loop {
-        if sent >= mpc {
-            session.quit().await;
-            return HostResult::Done;
-        }
-        let Some(d) = ctx.sched.next_for(dest) else {
-            session.quit().await;
-            return HostResult::Done;
+        let d = match ctx.sched.next_for(qid, sent) {
+            Next::Deliver(d) => d,
+            Next::Stop => break,
+            Next::Empty => {
+                // wait for more work up to the idle timeout
+                let notified = info.notify.notified();
+                if tokio::time::timeout(info.rule.idle_timeout, notified).await.is_err() {
+                    break;
+                }
+                continue;
+            }
         };
         let body = match ctx.spool.body(d.body_id) {
             Ok(b) => b,
@@ -202,43 +303,43 @@ async fn serve_host(ctx: &Ctx, dest: &str, target: &Target) -> HostResult {
                     enhanced: Some("4.3.0".into()),
                     text: format!("local error: {e}"),
                 };
-                ctx.deferred(d, info_for(None, None, &r, None)).await;
+                ctx.deferred(d, info_for(None, None, &r, None), Some(qid)).await;
                 continue;
             }
         };
         let tls = session.tls_version().map(str::to_string);
-        match session
-            .transaction(&d.envelope_from, &d.recipient, &body)
-            .await
-        {
+        match session.transaction(&d.envelope_from, &d.recipient, &body).await {
             Ok(TxnOutcome::Accepted(r)) => {
-                ctx.delivered(d, info_for(Some(target), local, &r, tls.as_deref()))
-                    .await;
+                ctx.sched.path_success(qid);
+                ctx.delivered(d, info_for(Some(target), local, &r, tls.as_deref()), Some(qid)).await;
             }
             Ok(TxnOutcome::Refused(stage, r)) => {
-                let info = info_for(Some(target), local, &r, tls.as_deref());
+                let ai = info_for(Some(target), local, &r, tls.as_deref());
+                ctx.react(qid, info, &r);
                 if stage == "MAIL" && r.is_transient() && sent == 0 {
                     // The host will not take mail from us now: its backup may.
-                    ctx.sched.requeue_front(d);
+                    ctx.sched.requeue_front(qid, d);
                     session.quit().await;
-                    return HostResult::Next(info);
+                    return HostResult::Next(ai, false);
                 }
                 if r.is_permanent() {
-                    ctx.bounced(d, info).await;
+                    ctx.bounced(d, ai, Some(qid)).await;
                 } else {
-                    ctx.deferred(d, info.clone()).await;
+                    ctx.deferred(d, ai.clone(), Some(qid)).await;
                     if r.code == 421 {
-                        // The server is closing the connection.
-                        return HostResult::Next(info);
+                        // The server is closing the connection; the path waits.
+                        return HostResult::Stop(ai);
                     }
                 }
             }
             Err(e) => {
-                let info = info_for(Some(target), local, &e.as_reply(), tls.as_deref());
-                ctx.deferred(d, info.clone()).await;
-                return HostResult::Next(info);
+                let ai = info_for(Some(target), local, &e.as_reply(), tls.as_deref());
+                ctx.deferred(d, ai.clone(), Some(qid)).await;
+                return HostResult::Next(ai, false);
             }
         }
         sent += 1;
     }
+    session.quit().await;
+    HostResult::Done
 }

@@ -65,29 +65,29 @@ fn short(a: &AttemptInfo) -> String {
 }
 
 impl Ctx {
-    pub async fn delivered(&self, mut d: Delivery, a: AttemptInfo) {
+    pub async fn delivered(&self, mut d: Delivery, a: AttemptInfo, qid: Option<u64>) {
         let now = self.clock.now_ms();
         record(&mut d, &a, now);
         if let Err(e) = self.spool.finish(&d, FinalState::Delivered).await {
             tracing::error!(id = %id_str(d.id), error = %e, "cannot record delivery");
         }
         self.events.emit(attempt_event("delivered", &d, &a, now));
-        self.sched.settle(d.domain(), Some(short(&a)));
+        self.sched.settle(qid, Some(short(&a)));
     }
 
-    pub async fn bounced(&self, mut d: Delivery, a: AttemptInfo) {
+    pub async fn bounced(&self, mut d: Delivery, a: AttemptInfo, qid: Option<u64>) {
         let now = self.clock.now_ms();
         record(&mut d, &a, now);
         if let Err(e) = self.spool.finish(&d, FinalState::Bounced).await {
             tracing::error!(id = %id_str(d.id), error = %e, "cannot record bounce");
         }
         self.events.emit(attempt_event("bounced", &d, &a, now));
-        self.sched.settle(d.domain(), Some(short(&a)));
+        self.sched.settle(qid, Some(short(&a)));
     }
 
     /// A temporary failure: schedule the next attempt (with ±10 % jitter so a wave of
     /// deferrals does not come back in the same second), never past the expiry.
-    pub async fn deferred(&self, mut d: Delivery, a: AttemptInfo) {
+    pub async fn deferred(&self, mut d: Delivery, a: AttemptInfo, qid: Option<u64>) {
         let now = self.clock.now_ms();
         record(&mut d, &a, now);
         let retry = &self.cfg.delivery.retry;
@@ -106,12 +106,11 @@ impl Ctx {
         let mut ev = attempt_event("deferred", &d, &a, now);
         ev.next_attempt = Some(rfc3339(d.next_ms.min(d.expires_ms)));
         self.events.emit(ev);
-        let dest = d.domain().to_string();
         self.sched.add(d);
-        self.sched.settle(&dest, Some(short(&a)));
+        self.sched.settle(qid, Some(short(&a)));
     }
 
-    pub async fn expired(&self, d: Delivery) {
+    pub async fn expired(&self, d: Delivery, qid: Option<u64>) {
         let now = self.clock.now_ms();
         if let Err(e) = self.spool.finish(&d, FinalState::Expired).await {
             tracing::error!(id = %id_str(d.id), error = %e, "cannot record expiry");
@@ -131,6 +130,6 @@ impl Ctx {
             ev.response = Some("expired before any attempt".into());
         }
         self.events.emit(ev);
-        self.sched.settle(d.domain(), None);
+        self.sched.settle(qid, None);
     }
 }

@@ -139,6 +139,11 @@ impl Intake {
         let campaign = clean_label("campaign", sub.campaign.or(prepared.headers.campaign))?;
         let tenant = clean_label("tenant", sub.tenant.or(prepared.headers.tenant))?;
         let pool = clean_label("pool", sub.pool.or(prepared.headers.pool))?;
+        if let Some(p) = &pool {
+            if !self.sched.has_pool(p) {
+                return Err(IntakeError::Invalid(format!("no pool named {p:?}")));
+            }
+        }
         let max_age = self.cfg.delivery.max_age.0;
         let ttl = sub.expires_in.unwrap_or(max_age).min(max_age);
         if ttl.is_zero() {

@@ -33,6 +33,15 @@ pub struct Opts {
     pub extra: String,
     /// Extra lines for the [listen] section.
     pub listen: String,
+    /// Contents of an MX rules file (written to rules/mx-rules.toml and configured).
+    pub rules: Option<String>,
+}
+
+/// A rules file with only a catch-all rule with these limits (plus extra lines in it).
+pub fn catch_all(max_connections: u32, messages_per_connection: u32, extra: &str) -> String {
+    format!(
+        "[[rule]]\nname = \"default\"\nmx = [\"*\"]\nmax_connections = {max_connections}\nmessages_per_connection = {messages_per_connection}\n{extra}\n"
+    )
 }
 
 impl Opts {
@@ -43,6 +52,7 @@ impl Opts {
             delivery: String::new(),
             extra: String::new(),
             listen: String::new(),
+            rules: None,
         }
     }
 }
@@ -96,7 +106,13 @@ impl Harness {
         let dns = dns.start(ipa(opts.net, 1)).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("sluice.toml");
-        std::fs::write(&config_path, config_text(dns.addr, &opts)).expect("write config");
+        let mut text = config_text(dns.addr, &opts);
+        if let Some(rules) = &opts.rules {
+            std::fs::create_dir_all(dir.path().join("rules")).expect("rules dir");
+            std::fs::write(dir.path().join("rules/mx-rules.toml"), rules).expect("write rules");
+            text.push_str("[rules]\nmx = \"rules/mx-rules.toml\"\n");
+        }
+        std::fs::write(&config_path, text).expect("write config");
         let (clock, manual) = if opts.manual_clock {
             let (c, m) = Clock::manual();
             (c, Some(m))

@@ -87,6 +87,9 @@ struct State {
     conns: Vec<SocketAddr>,
     rcpts: Vec<String>,
     tasks: Vec<AbortHandle>,
+    /// Connections open right now, and the most ever open at once.
+    active: usize,
+    peak: usize,
 }
 
 struct Shared {
@@ -124,6 +127,8 @@ impl FakeMx {
                 conns: Vec::new(),
                 rcpts: Vec::new(),
                 tasks: Vec::new(),
+                active: 0,
+                peak: 0,
             }),
             notify: Notify::new(),
         });
@@ -137,9 +142,12 @@ impl FakeMx {
                 let sh2 = sh.clone();
                 let mut st = sh.lock();
                 st.conns.push(peer);
+                st.active += 1;
+                st.peak = st.peak.max(st.active);
                 st.tasks.retain(|t| !t.is_finished());
                 let h = tokio::spawn(async move {
-                    let _ = serve(stream, peer, sh2).await;
+                    let _ = serve(stream, peer, sh2.clone()).await;
+                    sh2.lock().active -= 1;
                 });
                 st.tasks.push(h.abort_handle());
             }
@@ -154,6 +162,26 @@ impl FakeMx {
 
     /// Replace the script (new connections / subsequent commands). Resets the
     /// greylisting counter used by `fail_first_rcpt`.
+    /// The most connections that were ever open at the same time.
+    pub fn peak_connections(&self) -> usize {
+        self.shared.lock().peak
+    }
+
+    /// Connections open right now.
+    pub fn active_connections(&self) -> usize {
+        self.shared.lock().active
+    }
+
+    /// The most transactions any one connection carried.
+    pub fn max_transactions_per_connection(&self) -> usize {
+        let st = self.shared.lock();
+        let mut per: std::collections::HashMap<SocketAddr, usize> = Default::default();
+        for t in &st.txns {
+            *per.entry(t.peer).or_default() += 1;
+        }
+        per.values().copied().max().unwrap_or(0)
+    }
+
     pub fn set_script(&self, script: MxScript) {
         let mut st = self.shared.lock();
         st.script = script;

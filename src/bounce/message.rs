@@ -1,0 +1,483 @@
+//! Returned-mail parsing: RFC 3464 DSNs, RFC 5965 ARF reports, RFC 3834 auto-replies and
+//! legacy plain-text bounces → [`MessageVerdict`].
+
+use std::sync::OnceLock;
+
+use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
+use regex::Regex;
+use serde::Serialize;
+
+use super::rules::{enhanced_reason, fallback_reason, BounceRules};
+use super::text::{extract_codes, first_address, normalize, strip_addr_type, strip_diag_type};
+use super::{BounceType, Reason};
+
+/// What kind of returned message this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// RFC 3464 delivery status notification.
+    Dsn,
+    /// RFC 5965 feedback report.
+    Arf,
+    /// RFC 3834 auto-reply / out-of-office.
+    AutoReply,
+    /// Legacy bounce without a machine-readable report.
+    PlainBounce,
+    /// Not recognised (or not parsable).
+    Unknown,
+}
+
+/// The classification of one returned message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageVerdict {
+    /// What kind of message.
+    pub kind: MessageKind,
+    /// hard / soft / ignored.
+    pub bounce_type: BounceType,
+    /// The reason.
+    pub reason: Reason,
+    /// Enhanced status, e.g. "5.1.1".
+    pub status: Option<String>,
+    /// The failed recipient.
+    pub recipient: Option<String>,
+    /// DSN action (failed, delayed, ...).
+    pub action: Option<String>,
+    /// The diagnostic text.
+    pub diagnostic: Option<String>,
+    /// Return-Path of the enclosed original message (for VERP linking).
+    pub original_envelope: Option<String>,
+}
+
+impl MessageVerdict {
+    fn new(kind: MessageKind, reason: Reason) -> MessageVerdict {
+        MessageVerdict {
+            kind,
+            bounce_type: reason.default_type(),
+            reason,
+            status: None,
+            recipient: None,
+            action: None,
+            diagnostic: None,
+            original_envelope: None,
+        }
+    }
+}
+
+fn re(cell: &'static OnceLock<Option<Regex>>, pattern: &str) -> Option<&'static Regex> {
+    cell.get_or_init(|| Regex::new(pattern).ok()).as_ref()
+}
+
+fn is_match(cell: &'static OnceLock<Option<Regex>>, pattern: &str, text: &str) -> bool {
+    re(cell, pattern).is_some_and(|r| r.is_match(text))
+}
+
+/// Parsed body pieces of a message.
+#[derive(Default)]
+struct Parts {
+    human: Vec<String>,
+    delivery_status: Option<String>,
+    feedback: Option<String>,
+    original_headers: Option<String>,
+    original_envelope: Option<String>,
+}
+
+fn part_text(body: &PartType<'_>) -> Option<String> {
+    match body {
+        PartType::Text(t) => Some(t.to_string()),
+        PartType::Html(h) => Some(strip_html(h)),
+        PartType::Binary(b) | PartType::InlineBinary(b) => {
+            Some(String::from_utf8_lossy(b).into_owned())
+        }
+        _ => None,
+    }
+}
+
+fn strip_html(html: &str) -> String {
+    static TAG: OnceLock<Option<Regex>> = OnceLock::new();
+    let text = match re(&TAG, r"(?is)<(?:br|/p|/div|/tr)[^>]*>|<style.*?</style>|<[^>]*>") {
+        Some(r) => r
+            .replace_all(html, |c: &regex::Captures<'_>| {
+                let t = c.get(0).map_or("", |m| m.as_str()).to_ascii_lowercase();
+                if t.starts_with("<br") || t.starts_with("</") && !t.starts_with("</style") {
+                    "\n"
+                } else {
+                    " "
+                }
+            })
+            .into_owned(),
+        None => html.to_string(),
+    };
+    text.replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&")
+}
+
+fn envelope_of(m: &Message<'_>) -> Option<String> {
+    m.return_address()
+        .map(str::to_string)
+        .or_else(|| m.header_raw("Return-Path").map(strip_addr_type))
+        .filter(|s| !s.is_empty())
+}
+
+fn collect_parts(msg: &Message<'_>) -> Parts {
+    let mut p = Parts::default();
+    for part in &msg.parts {
+        let (ctype, sub) = match part.content_type() {
+            Some(ct) => (
+                ct.ctype().to_ascii_lowercase(),
+                ct.subtype().unwrap_or("").to_ascii_lowercase(),
+            ),
+            None => ("text".to_string(), "plain".to_string()),
+        };
+        if let PartType::Message(m) = &part.body {
+            if p.original_envelope.is_none() {
+                p.original_envelope = envelope_of(m);
+            }
+            continue;
+        }
+        let Some(text) = part_text(&part.body) else {
+            continue;
+        };
+        match (ctype.as_str(), sub.as_str()) {
+            ("message", "delivery-status" | "global-delivery-status") => {
+                p.delivery_status.get_or_insert(text);
+            }
+            ("message", "feedback-report") => {
+                p.feedback.get_or_insert(text);
+            }
+            ("text", "rfc822-headers") | ("message", "rfc822-headers") => {
+                p.original_headers.get_or_insert(text);
+            }
+            ("text", _) | ("message", _) => p.human.push(text),
+            _ => {}
+        }
+    }
+    if p.original_envelope.is_none() {
+        if let Some(h) = &p.original_headers {
+            p.original_envelope = header_value(h, "return-path").map(|v| strip_addr_type(&v));
+        }
+    }
+    p
+}
+
+/// Unfolded `(lowercase name, value)` fields of a header block.
+fn parse_fields(block: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in block.lines() {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = out.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(line.trim());
+            }
+            continue;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            let name = name.trim();
+            if !name.is_empty() && !name.contains(' ') {
+                out.push((name.to_ascii_lowercase(), value.trim().to_string()));
+            }
+        }
+    }
+    out
+}
+
+fn header_value(block: &str, name: &str) -> Option<String> {
+    parse_fields(block)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+/// Splits a delivery-status body into blocks; returns the recipient block to report.
+fn recipient_block(ds: &str) -> Option<Vec<(String, String)>> {
+    let normalized = ds.replace("\r\n", "\n");
+    let blocks: Vec<Vec<(String, String)>> = normalized
+        .split("\n\n")
+        .map(parse_fields)
+        .filter(|f| {
+            f.iter().any(|(n, _)| {
+                matches!(
+                    n.as_str(),
+                    "final-recipient" | "original-recipient" | "action" | "status"
+                )
+            })
+        })
+        .collect();
+    let failed = blocks.iter().position(|b| {
+        field(b, "action").is_some_and(|a| a.to_ascii_lowercase().starts_with("fail"))
+    });
+    let idx = failed.or_else(|| blocks.iter().position(|b| field(b, "status").is_some()))?;
+    blocks.into_iter().nth(idx)
+}
+
+/// Cuts a human-readable bounce text before the enclosed original message.
+fn cut_original(text: &str) -> (&str, &str) {
+    static MARK: OnceLock<Option<Regex>> = OnceLock::new();
+    let mark = re(
+        &MARK,
+        r"(?mi)^[\s>|]*(?:-{2,}|={2,}|\*{2,})?\s*(?:this is a copy of|original message|below this line|a copy of the original|(?:the )?(?:original|returned|undelivered|rejected)[- ](?:message|mail|e-?mail)|message header|headers? (?:of|from) (?:the )?(?:original|message)|unsent message|included message|your message (?:reads|follows|was)|start of returned message|content-type: message/rfc822)|^(?:return-path|received|dkim-signature|message-id|x-mailer|mime-version):\s",
+    );
+    match mark.and_then(|r| r.find_iter(text).find(|m| m.start() > 0)) {
+        Some(m) => text.split_at(m.start()),
+        None => (text, ""),
+    }
+}
+
+fn looks_like_bounce(msg: &Message<'_>) -> bool {
+    static FROM: OnceLock<Option<Regex>> = OnceLock::new();
+    static SUBJ: OnceLock<Option<Regex>> = OnceLock::new();
+    let from = msg.header_raw("From").unwrap_or("");
+    let subject = msg.subject().unwrap_or("");
+    is_match(
+        &FROM,
+        r"(?i)mailer-daemon|postmaster|mail delivery|mdaemon|mail administrator|\bdaemon\b|bounce",
+        from,
+    ) || is_match(
+        &SUBJ,
+        r"(?i)undeliver|deliver(?:y|ed)? (?:status|failure|notification|fail|report|problem)|returned mail|failure notice|mail delivery|non[- ]?delivery|could not be delivered|delivery has failed|rejected|bounce|could not send|mail system error|not delivered|error sending|delivery error|unzustellbar|nicht zustellbar|message you sent|failed",
+        subject,
+    )
+}
+
+fn is_auto_reply(msg: &Message<'_>) -> bool {
+    static SUBJ: OnceLock<Option<Regex>> = OnceLock::new();
+    static PREC: OnceLock<Option<Regex>> = OnceLock::new();
+    let auto = msg
+        .header_raw("Auto-Submitted")
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| v.starts_with("auto-replied"));
+    let x = msg.header_raw("X-Autoreply").is_some()
+        || msg.header_raw("X-Autorespond").is_some()
+        || msg.header_raw("X-Autoresponder").is_some();
+    let prec = msg
+        .header_raw("Precedence")
+        .is_some_and(|v| is_match(&PREC, r"(?i)auto[_-]?reply", v));
+    let subject = msg.subject().unwrap_or("");
+    let subj = is_match(
+        &SUBJ,
+        r"(?i)out of (?:the )?office|automatic reply|auto(?:matic)?[ -]?(?:reply|response|antwort)|^\s*auto:|abwesenheit|\babsence|vacation|\bcongés?\b|r[ée]ponse automatique|away from (?:my|the) (?:office|desk)|on leave|not in the office|autoreply",
+        subject,
+    );
+    auto || x || prec || subj
+}
+
+/// Classifies one returned message. Never panics; unparsable input → kind `Unknown`.
+pub fn classify_message(raw: &[u8], rules: &BounceRules) -> MessageVerdict {
+    let Some(msg) = MessageParser::default().parse(raw) else {
+        return MessageVerdict::new(MessageKind::Unknown, Reason::Unknown);
+    };
+    let parts = collect_parts(&msg);
+    let report_type = msg
+        .content_type()
+        .and_then(|ct| ct.attribute("report-type"))
+        .map(|s| s.to_ascii_lowercase())
+        .unwrap_or_default();
+
+    // ARF feedback report.
+    let feedback = parts.feedback.clone().or_else(|| {
+        parts
+            .human
+            .iter()
+            .find(|t| header_value(t, "feedback-type").is_some() && header_value(t, "user-agent").is_some())
+            .cloned()
+    });
+    if feedback.is_some() || report_type == "feedback-report" {
+        let fb = feedback.unwrap_or_default();
+        let ftype = header_value(&fb, "feedback-type")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let mut v = if ftype.starts_with("auth-failure") {
+            let mut v = MessageVerdict::new(MessageKind::Arf, Reason::Unknown);
+            v.bounce_type = BounceType::Ignored;
+            v
+        } else {
+            MessageVerdict::new(MessageKind::Arf, Reason::Complaint)
+        };
+        v.recipient = header_value(&fb, "original-rcpt-to")
+            .or_else(|| header_value(&fb, "removal-recipient"))
+            .map(|s| strip_addr_type(&s));
+        v.original_envelope = header_value(&fb, "original-mail-from")
+            .map(|s| strip_addr_type(&s))
+            .or(parts.original_envelope.clone());
+        v.diagnostic = Some(format!("feedback-type: {ftype}"));
+        return v;
+    }
+
+    let human_full: String = parts.human.join("\n");
+    let (human, rest) = cut_original(&human_full);
+    let original_envelope = parts.original_envelope.clone().or_else(|| {
+        header_value(rest, "return-path")
+            .map(|v| strip_addr_type(&v))
+            .filter(|s| !s.is_empty())
+    });
+
+    // RFC 3464 DSN (or DSN fields inside a text part).
+    let ds = parts.delivery_status.clone().or_else(|| {
+        static DSF: OnceLock<Option<Regex>> = OnceLock::new();
+        parts
+            .human
+            .iter()
+            .find(|t| {
+                is_match(&DSF, r"(?mi)^(?:final|original)-recipient:", t)
+                    && header_value(t, "status").is_some()
+            })
+            .cloned()
+    });
+    if let Some(block) = ds.as_deref().and_then(recipient_block) {
+        let mut v = classify_dsn(&block, human, rules);
+        v.original_envelope = original_envelope;
+        return v;
+    }
+
+    let bounce_like = looks_like_bounce(&msg);
+    if !bounce_like && is_auto_reply(&msg) {
+        let mut v = MessageVerdict::new(MessageKind::AutoReply, Reason::AutoReply);
+        v.recipient = msg
+            .from()
+            .and_then(|a| a.first())
+            .and_then(|a| a.address())
+            .map(str::to_string);
+        v.original_envelope = original_envelope;
+        return v;
+    }
+
+    // Legacy plain-text bounce.
+    let mut v = classify_plain(human, rules, bounce_like || report_type == "delivery-status");
+    if v.recipient.is_none() {
+        v.recipient = first_address(human).filter(|a| {
+            let to = msg.header_raw("To").unwrap_or("");
+            !to.contains(a.as_str())
+        });
+    }
+    v.original_envelope = original_envelope;
+    v
+}
+
+fn classify_dsn(block: &[(String, String)], human: &str, rules: &BounceRules) -> MessageVerdict {
+    let mut v = MessageVerdict::new(MessageKind::Dsn, Reason::Unknown);
+    v.recipient = field(block, "final-recipient")
+        .or_else(|| field(block, "original-recipient"))
+        .map(strip_addr_type);
+    v.action = field(block, "action").map(|a| a.trim().to_ascii_lowercase());
+    let status_field = field(block, "status").and_then(|s| {
+        let (_, e) = extract_codes(s);
+        e.or_else(|| {
+            let t = s.split_whitespace().next()?;
+            (t.split('.').count() == 3).then(|| t.to_string())
+        })
+    });
+    let diag = field(block, "diagnostic-code")
+        .map(strip_diag_type)
+        .filter(|d| !d.is_empty());
+    let (dcode, denh) = diag.as_deref().map(extract_codes).unwrap_or((None, None));
+    let generic = |s: &str| s.ends_with(".0.0") || s.split('.').nth(1).is_some_and(|x| x.len() > 2);
+    let enhanced = match (&status_field, &denh) {
+        (Some(s), Some(d)) if generic(s) && !generic(d) => Some(d.clone()),
+        (Some(s), _) => Some(s.clone()),
+        (None, d) => d.clone(),
+    };
+    v.status = enhanced.clone();
+    v.diagnostic = diag.clone();
+
+    if v.action.as_deref().is_some_and(|a| a.starts_with("delay")) {
+        v.bounce_type = BounceType::Soft;
+        v.reason = Reason::Unreachable;
+        return v;
+    }
+    let set = |v: &mut MessageVerdict, t: BounceType, r: Reason| {
+        v.bounce_type = t;
+        v.reason = r;
+    };
+    if let Some(d) = &diag {
+        if let Some(rule) = rules.match_rule(dcode, enhanced.as_deref(), d) {
+            set(&mut v, rule.bounce_type, rule.reason);
+            return v;
+        }
+    }
+    if let Some(r) = enhanced.as_deref().and_then(enhanced_reason) {
+        set(&mut v, r.default_type(), r);
+        return v;
+    }
+    let plain = classify_plain(human, rules, true);
+    if plain.reason != Reason::Unknown {
+        set(&mut v, plain.bounce_type, plain.reason);
+        return v;
+    }
+    let c = rules.classify_reply(dcode, enhanced.as_deref(), diag.as_deref().unwrap_or(""));
+    set(&mut v, c.bounce_type, c.reason);
+    v
+}
+
+/// Diagnostic lines of a plain bounce: lines with SMTP codes, "said:", or error wording,
+/// with their continuation lines.
+fn diagnostic_lines(text: &str) -> String {
+    static DIAG: OnceLock<Option<Regex>> = OnceLock::new();
+    let mut out = String::new();
+    let mut take_next = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.is_empty() {
+            take_next = false;
+            continue;
+        }
+        let hit = is_match(
+            &DIAG,
+            r"(?i)(?:^|[\s:;(#\[])[45]\d\d[\s-]|#?\b[45]\.\d{1,3}\.\d{1,3}\b|said:|\berror\b|unknown|no such|not (?:exist|found|allowed|accepted)|does not|rejected|refused|denied|blocked|quota|full|disabled|invalid|failed|unable|timed? ?out|expired",
+            t,
+        );
+        if hit || (take_next && line.starts_with([' ', '\t'])) {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(t);
+            take_next = true;
+        } else {
+            take_next = false;
+        }
+    }
+    out
+}
+
+fn classify_plain(human: &str, rules: &BounceRules, bounce_like: bool) -> MessageVerdict {
+    let diag = diagnostic_lines(human);
+    let (code, enh) = extract_codes(&diag);
+    let mut v = MessageVerdict::new(MessageKind::PlainBounce, Reason::Unknown);
+    v.status = enh.clone();
+    let first = diag.lines().next().map(str::to_string);
+    v.diagnostic = first.clone().or_else(|| {
+        let n = normalize(human);
+        (!n.is_empty()).then(|| n.chars().take(300).collect())
+    });
+    let rule = rules
+        .match_rule(code, enh.as_deref(), &diag)
+        .or_else(|| rules.match_rule(code, enh.as_deref(), human));
+    if let Some(rule) = rule {
+        v.bounce_type = rule.bounce_type;
+        v.reason = rule.reason;
+        if let Some(line) = first {
+            v.recipient = first_address(&line);
+        }
+        return v;
+    }
+    if !bounce_like && code.is_none() && enh.is_none() {
+        v.kind = MessageKind::Unknown;
+        return v;
+    }
+    v.reason = fallback_reason(code, enh.as_deref());
+    v.bounce_type = v.reason.default_type();
+    v
+}
+
+#[cfg(test)]
+#[path = "message_tests.rs"]
+mod tests;

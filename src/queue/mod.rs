@@ -1,0 +1,594 @@
+//! The scheduler: a timer ordered by due time, per-domain routes, and ready queues per
+//! (path, source, MX site) with their limits.
+//!
+//! Nothing here scans messages to make a decision. A delivery waiting for a time sits in a
+//! B-tree keyed by `(due_ms, id)`. When due it is *routed*: its domain's route (MX site and
+//! rule, resolved once and cached) and its pool's next source (smooth weighted round robin)
+//! give its path — (rule, source or `*` when shared, destination group) — and its queue —
+//! (path, source, MX site). Queues keep their own counters; paths own the limits
+//! (connections, GCRA buckets, backoff). Connections are opened one at a time as a queue
+//! proves deep, never above the path's limit; a throttled or suspended path waits for a
+//! wake-up in the same timer, never holding a connection.
+//!
+//! Expiry is enforced wherever a delivery waits: the timer never holds a delivery past its
+//! expiry, a queue hands out no expired delivery, and a sweep expires deliveries that wait
+//! in a throttled or suspended queue.
+
+mod route;
+pub mod status;
+
+use crate::clock::Clock;
+use crate::dns::MxHost;
+use crate::rules::{Level, Rule, RuleSet};
+use crate::spool::{Delivery, Priority};
+use crate::throttle::PathState;
+use route::{Pool, Route};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, watch, Notify};
+
+pub use status::{PathStatus, Totals};
+
+/// A sending IP.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub ip: Option<IpAddr>,
+    pub helo: String,
+    pub weight: u32,
+}
+
+struct Queue {
+    path: String,
+    source: usize,
+    site: String,
+    targets: Arc<Vec<MxHost>>,
+    transactional: VecDeque<Delivery>,
+    bulk: VecDeque<Delivery>,
+    connections: u32,
+    in_flight: u32,
+    throttled_until: Option<u64>,
+    notify: Arc<Notify>,
+}
+
+impl Queue {
+    fn ready(&self) -> usize {
+        self.transactional.len() + self.bulk.len()
+    }
+    fn idle(&self) -> bool {
+        self.ready() == 0 && self.connections == 0 && self.in_flight == 0
+    }
+    fn pop(&mut self) -> Option<Delivery> {
+        self.transactional
+            .pop_front()
+            .or_else(|| self.bulk.pop_front())
+    }
+    fn push(&mut self, d: Delivery, front: bool) {
+        let lane = match d.priority {
+            Priority::Transactional => &mut self.transactional,
+            Priority::Bulk => &mut self.bulk,
+        };
+        if front {
+            lane.push_front(d)
+        } else {
+            lane.push_back(d)
+        }
+    }
+}
+
+enum Wake {
+    Queue(u64),
+    Path(String),
+}
+
+struct Inner {
+    timer: BTreeMap<(u64, u64), Delivery>,
+    wakeups: BTreeMap<(u64, u64), Wake>,
+    wake_seq: u64,
+    queues: HashMap<u64, Queue>,
+    queue_index: HashMap<(String, usize, String), u64>,
+    next_queue: u64,
+    paths: HashMap<String, PathState>,
+    routes: HashMap<String, Route>,
+    pending: HashMap<String, Vec<Delivery>>,
+    pending_count: u64,
+    unreachable: HashMap<(usize, String), u64>,
+    pools: HashMap<String, Pool>,
+    sources: Vec<Source>,
+    rules: Arc<RuleSet>,
+    level: Level,
+    source_levels: HashMap<String, Level>,
+    ready: u64,
+    in_flight: u64,
+    paused: bool,
+    next_sweep: u64,
+}
+
+/// What a connection does next.
+#[derive(Debug)]
+pub enum Next {
+    Deliver(Delivery),
+    /// Nothing queued right now (wait up to the idle timeout, then quit).
+    Empty,
+    /// Quit now: limits, suspension, pause or messages_per_connection say so.
+    Stop,
+}
+
+/// What a connection task needs to know about its queue.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub path: String,
+    pub rule: Rule,
+    pub source: String,
+    pub source_ip: Option<IpAddr>,
+    pub helo: String,
+    pub targets: Arc<Vec<MxHost>>,
+    pub notify: Arc<Notify>,
+}
+
+/// Channels the scheduler feeds: connection requests (queue ids), DNS resolutions wanted
+/// (domains) and deliveries found expired (with their queue, if any).
+pub struct Feeds {
+    pub connect: mpsc::UnboundedReceiver<u64>,
+    pub resolve: mpsc::UnboundedReceiver<String>,
+    pub expired: mpsc::UnboundedReceiver<(Delivery, Option<u64>)>,
+}
+
+pub struct Scheduler {
+    inner: Mutex<Inner>,
+    wake: Notify,
+    clock: Clock,
+    conn_tx: mpsc::UnboundedSender<u64>,
+    resolve_tx: mpsc::UnboundedSender<String>,
+    expired_tx: mpsc::UnboundedSender<(Delivery, Option<u64>)>,
+}
+
+const TIMER_BATCH: usize = 4096;
+const ROUTE_TTL_MS: u64 = 300_000;
+const UNREACHABLE_MS: u64 = 600_000;
+const SWEEP_MS: u64 = 60_000;
+
+impl Scheduler {
+    pub fn new(
+        clock: Clock,
+        sources: Vec<Source>,
+        pools: Vec<(String, Vec<String>)>,
+        rules: Arc<RuleSet>,
+        level: Level,
+        source_levels: HashMap<String, Level>,
+    ) -> (Arc<Scheduler>, Feeds) {
+        let (conn_tx, connect) = mpsc::unbounded_channel();
+        let (resolve_tx, resolve) = mpsc::unbounded_channel();
+        let (expired_tx, expired) = mpsc::unbounded_channel();
+        let pools = route::build_pools(&sources, pools);
+        let now = clock.now_ms();
+        let s = Scheduler {
+            inner: Mutex::new(Inner {
+                timer: BTreeMap::new(),
+                wakeups: BTreeMap::new(),
+                wake_seq: 0,
+                queues: HashMap::new(),
+                queue_index: HashMap::new(),
+                next_queue: 1,
+                paths: HashMap::new(),
+                routes: HashMap::new(),
+                pending: HashMap::new(),
+                pending_count: 0,
+                unreachable: HashMap::new(),
+                pools,
+                sources,
+                rules,
+                level,
+                source_levels,
+                ready: 0,
+                in_flight: 0,
+                paused: false,
+                next_sweep: now + SWEEP_MS,
+            }),
+            wake: Notify::new(),
+            clock,
+            conn_tx,
+            resolve_tx,
+            expired_tx,
+        };
+        (
+            Arc::new(s),
+            Feeds {
+                connect,
+                resolve,
+                expired,
+            },
+        )
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Does this pool exist?
+    pub fn has_pool(&self, name: &str) -> bool {
+        self.lock().pools.contains_key(name)
+    }
+
+    /// Queue a delivery: routed now if due, else into the timer (never past its expiry).
+    pub fn add(&self, d: Delivery) {
+        let now = self.clock.now_ms();
+        let mut g = self.lock();
+        self.add_locked(&mut g, d, now);
+    }
+
+    pub fn add_many(&self, ds: Vec<Delivery>) {
+        let now = self.clock.now_ms();
+        let mut g = self.lock();
+        for d in ds {
+            self.add_locked(&mut g, d, now);
+        }
+    }
+
+    fn add_locked(&self, g: &mut Inner, d: Delivery, now: u64) {
+        if d.next_ms <= now {
+            self.route(g, d, now);
+        } else {
+            let due = d.next_ms.min(d.expires_ms);
+            let earliest = g.timer.keys().next().map(|k| k.0);
+            g.timer.insert((due, d.id), d);
+            if earliest.is_none_or(|e| due < e) {
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    fn schedule(&self, g: &mut Inner, at: u64, w: Wake) {
+        g.wake_seq += 1;
+        let earliest = g.wakeups.keys().next().map(|k| k.0);
+        g.wakeups.insert((at, g.wake_seq), w);
+        if earliest.is_none_or(|e| at < e) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn level_of(g: &Inner, path: &PathState) -> Level {
+        path.source
+            .as_ref()
+            .and_then(|s| g.source_levels.get(s))
+            .copied()
+            .unwrap_or(g.level)
+    }
+
+    fn rule_of(g: &Inner, name: &str) -> Rule {
+        match g.rules.rule(name) {
+            Some(r) => r.clone(),
+            None => g.rules.rules[g.rules.rules.len() - 1].clone(),
+        }
+    }
+
+    /// Ask for a connection if the queue has more work than connections and the path allows.
+    fn maybe_connect(&self, g: &mut Inner, qid: u64, now: u64) {
+        if g.paused {
+            return;
+        }
+        let Some(q) = g.queues.get(&qid) else { return };
+        if q.ready() <= q.connections as usize || q.throttled_until.is_some_and(|t| t > now) {
+            return;
+        }
+        let path_id = q.path.clone();
+        let Some(path) = g.paths.get(&path_id) else { return };
+        let rule = Self::rule_of(g, &path.rule);
+        let level = Self::level_of(g, path);
+        let Some(path) = g.paths.get_mut(&path_id) else { return };
+        match path.may_open(&rule, level, now) {
+            Ok(true) => {
+                path.connections += 1;
+                path.opening += 1;
+                if let Some(q) = g.queues.get_mut(&qid) {
+                    q.connections += 1;
+                }
+                let _ = self.conn_tx.send(qid);
+            }
+            Ok(false) => {}
+            Err(wait) => {
+                if let Some(q) = g.queues.get_mut(&qid) {
+                    q.throttled_until = Some(now + wait);
+                }
+                self.schedule(g, now + wait, Wake::Queue(qid));
+            }
+        }
+    }
+
+    fn poke_path(&self, g: &mut Inner, path_id: &str, now: u64) {
+        let qids = g
+            .paths
+            .get(path_id)
+            .map(|p| p.queues.clone())
+            .unwrap_or_default();
+        for qid in qids {
+            self.maybe_connect(g, qid, now);
+        }
+    }
+
+    pub fn conn_info(&self, qid: u64) -> Option<ConnInfo> {
+        let g = self.lock();
+        let q = g.queues.get(&qid)?;
+        let path = g.paths.get(&q.path)?;
+        let src = g.sources.get(q.source)?;
+        Some(ConnInfo {
+            path: q.path.clone(),
+            rule: Self::rule_of(&g, &path.rule),
+            source: src.name.clone(),
+            source_ip: src.ip,
+            helo: src.helo.clone(),
+            targets: q.targets.clone(),
+            notify: q.notify.clone(),
+        })
+    }
+
+    /// The next delivery for a connection of queue `qid` that has carried `sent` messages.
+    pub fn next_for(&self, qid: u64, sent: u32) -> Next {
+        let now = self.clock.now_ms();
+        let mut g = self.lock();
+        if g.paused {
+            return Next::Stop;
+        }
+        let Some(q) = g.queues.get(&qid) else {
+            return Next::Stop;
+        };
+        let path_id = q.path.clone();
+        let Some(path) = g.paths.get(&path_id) else {
+            return Next::Stop;
+        };
+        let rule = Self::rule_of(&g, &path.rule);
+        let level = Self::level_of(&g, path);
+        if path.suspended()
+            || sent >= rule.messages_per_connection
+            || path.connections > path.max_connections(&rule, level)
+        {
+            return Next::Stop;
+        }
+        loop {
+            let Some(q) = g.queues.get_mut(&qid) else {
+                return Next::Stop;
+            };
+            let Some(d) = q.pop() else {
+                return Next::Empty;
+            };
+            if d.expires_ms <= now {
+                q.in_flight += 1;
+                g.ready -= 1;
+                g.in_flight += 1;
+                let _ = self.expired_tx.send((d, Some(qid)));
+                continue;
+            }
+            let Some(path) = g.paths.get_mut(&path_id) else {
+                return Next::Stop;
+            };
+            match path.take_message(&rule, level, now) {
+                Ok(()) => {
+                    if let Some(q) = g.queues.get_mut(&qid) {
+                        q.in_flight += 1;
+                    }
+                    g.ready -= 1;
+                    g.in_flight += 1;
+                    return Next::Deliver(d);
+                }
+                Err(wait) => {
+                    if let Some(q) = g.queues.get_mut(&qid) {
+                        q.push(d, true);
+                        q.throttled_until = Some(now + wait);
+                    }
+                    self.schedule(&mut g, now + wait, Wake::Queue(qid));
+                    return Next::Stop;
+                }
+            }
+        }
+    }
+
+    /// Put a delivery back at the head of its queue (it was not attempted).
+    pub fn requeue_front(&self, qid: u64, d: Delivery) {
+        let mut g = self.lock();
+        g.in_flight = g.in_flight.saturating_sub(1);
+        g.ready += 1;
+        if let Some(q) = g.queues.get_mut(&qid) {
+            q.in_flight = q.in_flight.saturating_sub(1);
+            q.push(d, true);
+        }
+    }
+
+    /// Take every ready delivery of a queue (its hosts are unreachable).
+    pub fn drain(&self, qid: u64) -> Vec<Delivery> {
+        let mut g = self.lock();
+        let Some(q) = g.queues.get_mut(&qid) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Delivery> = q.transactional.drain(..).collect();
+        out.extend(q.bulk.drain(..));
+        q.in_flight += out.len() as u32;
+        g.ready -= out.len() as u64;
+        g.in_flight += out.len() as u64;
+        out
+    }
+
+    /// A delivery handed out (by `next_for`, `drain`, expiry or a failed resolution) has an
+    /// outcome. A deferred one has already been re-added.
+    pub fn settle(&self, qid: Option<u64>, last_reply: Option<String>) {
+        let mut g = self.lock();
+        g.in_flight = g.in_flight.saturating_sub(1);
+        let Some(qid) = qid else { return };
+        let Some(q) = g.queues.get_mut(&qid) else { return };
+        q.in_flight = q.in_flight.saturating_sub(1);
+        let path_id = q.path.clone();
+        if let (Some(r), Some(p)) = (last_reply, g.paths.get_mut(&path_id)) {
+            p.last_error = Some(r);
+        }
+        self.cleanup(&mut g, qid);
+    }
+
+    /// Record a successful delivery on the path (clears the last error).
+    pub fn path_success(&self, qid: u64) {
+        let mut g = self.lock();
+        let path = g.queues.get(&qid).map(|q| q.path.clone());
+        if let Some(p) = path.and_then(|p| g.paths.get_mut(&p)) {
+            p.last_error = None;
+        }
+    }
+
+    fn cleanup(&self, g: &mut Inner, qid: u64) {
+        if g.queues.get(&qid).is_some_and(Queue::idle) {
+            if let Some(q) = g.queues.remove(&qid) {
+                g.queue_index.remove(&(q.path.clone(), q.source, q.site.clone()));
+                if let Some(p) = g.paths.get_mut(&q.path) {
+                    p.queues.retain(|x| *x != qid);
+                }
+            }
+        }
+    }
+
+    /// The connection of queue `qid` is established (the next one may open).
+    pub fn connection_ready(&self, qid: u64) {
+        let now = self.clock.now_ms();
+        let mut g = self.lock();
+        let path = g.queues.get(&qid).map(|q| q.path.clone());
+        if let Some(path) = path {
+            if let Some(p) = g.paths.get_mut(&path) {
+                p.opening = p.opening.saturating_sub(1);
+            }
+            self.poke_path(&mut g, &path, now);
+        }
+    }
+
+    /// A connection task of queue `qid` has ended.
+    pub fn connection_closed(&self, qid: u64, established: bool) {
+        let now = self.clock.now_ms();
+        let mut g = self.lock();
+        let Some(q) = g.queues.get_mut(&qid) else { return };
+        q.connections = q.connections.saturating_sub(1);
+        let path = q.path.clone();
+        if let Some(p) = g.paths.get_mut(&path) {
+            p.connections = p.connections.saturating_sub(1);
+            if !established {
+                p.opening = p.opening.saturating_sub(1);
+            }
+        }
+        self.cleanup(&mut g, qid);
+        self.poke_path(&mut g, &path, now);
+    }
+
+    /// Hold every delivery (global pause) or let them go again.
+    pub fn set_paused(&self, paused: bool) {
+        let now = self.clock.now_ms();
+        let mut g = self.lock();
+        g.paused = paused;
+        if !paused {
+            let qids: Vec<u64> = g.queues.keys().copied().collect();
+            for qid in qids {
+                self.maybe_connect(&mut g, qid, now);
+            }
+        }
+        drop(g);
+        self.wake.notify_one();
+    }
+
+    /// Move due deliveries and wake-ups; returns the next due time.
+    fn release_due(&self) -> Option<u64> {
+        loop {
+            let now = self.clock.now_ms();
+            let mut g = self.lock();
+            let mut moved = 0;
+            while moved < TIMER_BATCH {
+                let Some(entry) = g.timer.first_entry() else { break };
+                if entry.key().0 > now {
+                    break;
+                }
+                let d = entry.remove();
+                if d.expires_ms <= now {
+                    g.in_flight += 1;
+                    let _ = self.expired_tx.send((d, None));
+                } else {
+                    self.route(&mut g, d, now);
+                }
+                moved += 1;
+            }
+            while let Some(entry) = g.wakeups.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                match entry.remove() {
+                    Wake::Queue(qid) => {
+                        if let Some(q) = g.queues.get_mut(&qid) {
+                            q.throttled_until = None;
+                        }
+                        self.maybe_connect(&mut g, qid, now);
+                    }
+                    Wake::Path(id) => {
+                        let next = g.paths.get_mut(&id).and_then(|p| p.step_backoff(now));
+                        if let Some(t) = next {
+                            self.schedule(&mut g, t, Wake::Path(id.clone()));
+                        }
+                        self.poke_path(&mut g, &id, now);
+                    }
+                }
+            }
+            if now >= g.next_sweep {
+                g.next_sweep = now + SWEEP_MS;
+                self.sweep(&mut g, now);
+            }
+            if moved < TIMER_BATCH {
+                let t = g.timer.keys().next().map(|k| k.0);
+                let w = g.wakeups.keys().next().map(|k| k.0);
+                let s = Some(g.next_sweep);
+                return [t, w, s].into_iter().flatten().min();
+            }
+        }
+    }
+
+    /// Expire deliveries waiting in ready queues (throttled or suspended paths), and forget
+    /// stale routes and unreachable marks.
+    fn sweep(&self, g: &mut Inner, now: u64) {
+        let qids: Vec<u64> = g.queues.keys().copied().collect();
+        for qid in qids {
+            let Some(q) = g.queues.get_mut(&qid) else { continue };
+            let mut expired = Vec::new();
+            for lane in [&mut q.transactional, &mut q.bulk] {
+                let mut keep = VecDeque::with_capacity(lane.len());
+                for d in lane.drain(..) {
+                    if d.expires_ms <= now {
+                        expired.push(d);
+                    } else {
+                        keep.push_back(d);
+                    }
+                }
+                *lane = keep;
+            }
+            q.in_flight += expired.len() as u32;
+            g.ready -= expired.len() as u64;
+            g.in_flight += expired.len() as u64;
+            for d in expired {
+                let _ = self.expired_tx.send((d, Some(qid)));
+            }
+        }
+        g.routes.retain(|_, r| r.until_ms > now);
+        g.unreachable.retain(|_, until| *until > now);
+    }
+
+    /// The timer task: sleeps until the next due time or until woken by an earlier one.
+    pub async fn run_timer(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let next = self.release_due();
+            let sleep = async {
+                match next {
+                    Some(t) => self.clock.sleep_until(t).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = sleep => {}
+                _ = self.wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! Routing: domain → (rule, MX site) → path and queue; source choice; DNS results;
+//! unreachable sources; backoff and path-wide deferral.
+
+use super::{Inner, Queue, Scheduler, Wake};
+use crate::dns::{DnsFailure, MxHost};
+use crate::rules::{BackoffAction, BackoffRule, Per, Scope};
+use crate::spool::Delivery;
+use crate::throttle::PathState;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// A resolved domain.
+pub(super) struct Route {
+    pub rule: usize,
+    pub site: String,
+    pub targets: Arc<Vec<MxHost>>,
+    pub until_ms: u64,
+}
+
+/// Smooth weighted round robin over a pool's sources (nginx's algorithm): over any window
+/// the split follows the weights exactly, without randomness.
+pub(super) struct Pool {
+    pub members: Vec<(usize, i64)>,
+    current: Vec<i64>,
+}
+
+impl Pool {
+    fn pick(&mut self, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        let total: i64 = self
+            .members
+            .iter()
+            .filter(|(s, _)| usable(*s))
+            .map(|(_, w)| *w)
+            .sum();
+        if total == 0 {
+            return None;
+        }
+        let mut best: Option<usize> = None;
+        for (i, (s, w)) in self.members.iter().enumerate() {
+            if !usable(*s) {
+                continue;
+            }
+            self.current[i] += w;
+            if best.is_none_or(|b| self.current[i] > self.current[b]) {
+                best = Some(i);
+            }
+        }
+        let b = best?;
+        self.current[b] -= total;
+        Some(self.members[b].0)
+    }
+}
+
+pub(super) fn build_pools(
+    sources: &[super::Source],
+    pools: Vec<(String, Vec<String>)>,
+) -> HashMap<String, Pool> {
+    let mut out = HashMap::new();
+    let mk = |idx: Vec<usize>| Pool {
+        current: vec![0; idx.len()],
+        members: idx
+            .into_iter()
+            .map(|i| (i, sources[i].weight.max(1) as i64))
+            .collect(),
+    };
+    if pools.is_empty() {
+        out.insert("default".to_string(), mk((0..sources.len()).collect()));
+    }
+    for (name, members) in pools {
+        let idx: Vec<usize> = members
+            .iter()
+            .filter_map(|m| sources.iter().position(|s| &s.name == m))
+            .collect();
+        out.insert(name, mk(idx));
+    }
+    if !out.contains_key("default") {
+        out.insert("default".to_string(), mk((0..sources.len()).collect()));
+    }
+    out
+}
+
+fn short_id(key: &str) -> String {
+    let h = Sha256::digest(key.as_bytes());
+    h[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Scheduler {
+    /// Route a due delivery: to its queue if its domain is resolved, else wait for DNS.
+    pub(super) fn route(&self, g: &mut Inner, d: Delivery, now: u64) {
+        let domain = d.domain().to_string();
+        let route = g
+            .routes
+            .get(&domain)
+            .filter(|r| r.until_ms > now)
+            .map(|r| (r.rule, r.site.clone(), r.targets.clone()));
+        match route {
+            Some((rule, site, targets)) => self.place(g, d, rule, &site, targets, now, None),
+            None => {
+                let list = g.pending.entry(domain.clone()).or_default();
+                list.push(d);
+                g.pending_count += 1;
+                if list.len() == 1 {
+                    let _ = self.resolve_tx.send(domain);
+                }
+            }
+        }
+    }
+
+    /// Put a delivery on its queue (choosing its source), maybe opening a connection.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn place(
+        &self,
+        g: &mut Inner,
+        d: Delivery,
+        rule_idx: usize,
+        site: &str,
+        targets: Arc<Vec<MxHost>>,
+        now: u64,
+        avoid: Option<usize>,
+    ) {
+        let rule_idx = rule_idx.min(g.rules.rules.len() - 1);
+        let rule = g.rules.rules[rule_idx].clone();
+        let pool_name = d.pool.clone().unwrap_or_else(|| "default".into());
+        let unreachable = &g.unreachable;
+        let site_s = site.to_string();
+        let usable = |s: usize| {
+            Some(s) != avoid && !unreachable.get(&(s, site_s.clone())).is_some_and(|u| *u > now)
+        };
+        let pool = match g.pools.get_mut(&pool_name) {
+            Some(p) => p,
+            None => match g.pools.get_mut("default") {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let source = pool
+            .pick(usable)
+            .or_else(|| pool.pick(|_| true))
+            .unwrap_or(0);
+        let source_name = g.sources.get(source).map(|s| s.name.clone()).unwrap_or_default();
+        let group = match rule.per {
+            Per::Rule => "*".to_string(),
+            Per::Mx => site.to_string(),
+            Per::Domain => d.domain().to_string(),
+        };
+        let path_src = if rule.shared { None } else { Some(source_name) };
+        let path_key = format!(
+            "{}|{}|{}",
+            rule.name,
+            path_src.as_deref().unwrap_or("*"),
+            group
+        );
+        let path_id = short_id(&path_key);
+        if !g.paths.contains_key(&path_id) {
+            g.paths.insert(
+                path_id.clone(),
+                PathState::new(path_id.clone(), &rule, path_src, group),
+            );
+        }
+        let key = (path_id.clone(), source, site.to_string());
+        let qid = match g.queue_index.get(&key) {
+            Some(q) => *q,
+            None => {
+                let qid = g.next_queue;
+                g.next_queue += 1;
+                g.queues.insert(
+                    qid,
+                    Queue {
+                        path: path_id.clone(),
+                        source,
+                        site: site.to_string(),
+                        targets,
+                        transactional: VecDeque::new(),
+                        bulk: VecDeque::new(),
+                        connections: 0,
+                        in_flight: 0,
+                        throttled_until: None,
+                        notify: Arc::new(Notify::new()),
+                    },
+                );
+                g.queue_index.insert(key, qid);
+                if let Some(p) = g.paths.get_mut(&path_id) {
+                    p.queues.push(qid);
+                }
+                qid
+            }
+        };
+        if let Some(q) = g.queues.get_mut(&qid) {
+            q.push(d, false);
+            q.notify.notify_one();
+        }
+        g.ready += 1;
+        self.maybe_connect(g, qid, now);
+    }
+
+    /// A domain's MX plan is known (or failed). On success its waiting deliveries are queued;
+    /// on failure they are returned (counted in flight) for the caller to bounce or defer.
+    pub fn resolved(
+        &self,
+        domain: &str,
+        plan: &Result<Arc<Vec<MxHost>>, DnsFailure>,
+    ) -> Vec<Delivery> {
+        let now = self.clock.now_ms();
+        let mut g = self.lock();
+        let waiting = g.pending.remove(domain).unwrap_or_default();
+        g.pending_count -= waiting.len() as u64;
+        match plan {
+            Ok(targets) => {
+                let mut names: Vec<String> = targets.iter().map(|h| h.name.clone()).collect();
+                let rule = g.rules.match_rule(domain, &names);
+                names.sort();
+                names.dedup();
+                let site = names.join(",");
+                g.routes.insert(
+                    domain.to_string(),
+                    Route {
+                        rule,
+                        site: site.clone(),
+                        targets: targets.clone(),
+                        until_ms: now + super::ROUTE_TTL_MS,
+                    },
+                );
+                for d in waiting {
+                    self.place(&mut g, d, rule, &site, targets.clone(), now, None);
+                }
+                Vec::new()
+            }
+            Err(_) => {
+                g.in_flight += waiting.len() as u64;
+                waiting
+            }
+        }
+    }
+
+    /// The queue's source cannot reach its MX site (network failure, not a refusal). Its
+    /// deliveries move to the pool's other sources; returns those that have nowhere else to
+    /// go (counted in flight) for the caller to defer.
+    pub fn unreachable(&self, qid: u64) -> Vec<Delivery> {
+        let now = self.clock.now_ms();
+        let mut g = self.lock();
+        let Some(q) = g.queues.get_mut(&qid) else {
+            return Vec::new();
+        };
+        let (source, site, targets) = (q.source, q.site.clone(), q.targets.clone());
+        let mut ds: Vec<Delivery> = q.transactional.drain(..).collect();
+        ds.extend(q.bulk.drain(..));
+        g.ready -= ds.len() as u64;
+        g.unreachable.insert((source, site.clone()), now + super::UNREACHABLE_MS);
+        let mut stuck = Vec::new();
+        for d in ds {
+            let pool = d.pool.clone().unwrap_or_else(|| "default".into());
+            let others = g.pools.get(&pool).is_some_and(|p| {
+                p.members.iter().any(|(s, _)| {
+                    *s != source && !g.unreachable.get(&(*s, site.clone())).is_some_and(|u| *u > now)
+                })
+            });
+            if others {
+                let domain = d.domain().to_string();
+                let rule = g.routes.get(&domain).map(|r| r.rule).unwrap_or(usize::MAX);
+                self.place(&mut g, d, rule, &site, targets.clone(), now, Some(source));
+            } else {
+                stuck.push(d);
+            }
+        }
+        if let Some(q) = g.queues.get_mut(&qid) {
+            q.in_flight += stuck.len() as u32;
+        }
+        g.in_flight += stuck.len() as u64;
+        stuck
+    }
+
+    /// A reply on queue `qid` matched a backoff rule: slow down or suspend its scope.
+    pub fn backoff(&self, qid: u64, b: &BackoffRule, reason: &str) {
+        self.apply(qid, b.action, b.factor, b.duration.as_millis() as u64, b.scope, &b.name, reason);
+    }
+
+    /// A connection-level 4xx (e.g. 421): the whole path waits `ms`, then resumes gradually.
+    pub fn defer_path(&self, qid: u64, ms: u64, reason: &str) {
+        self.apply(qid, BackoffAction::Suspend, 0.0, ms, Scope::Path, "connection-level deferral", reason);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &self,
+        qid: u64,
+        action: BackoffAction,
+        factor: f64,
+        ms: u64,
+        scope: Scope,
+        name: &str,
+        reason: &str,
+    ) {
+        let now = self.clock.now_ms();
+        let mut g = self.lock();
+        let Some(path_id) = g.queues.get(&qid).map(|q| q.path.clone()) else {
+            return;
+        };
+        let ids: Vec<String> = match scope {
+            Scope::Rule => {
+                let rule = g.paths.get(&path_id).map(|p| p.rule.clone()).unwrap_or_default();
+                g.paths
+                    .values()
+                    .filter(|p| p.rule == rule)
+                    .map(|p| p.id.clone())
+                    .collect()
+            }
+            // sending_domain and campaign scopes act on the path that saw the reply
+            _ => vec![path_id],
+        };
+        for id in ids {
+            if let Some(p) = g.paths.get_mut(&id) {
+                p.apply_backoff(action, factor, ms, name, reason, now);
+                tracing::info!(path = %id, rule = %p.rule, action = ?action, reason, "path backs off");
+            }
+            self.schedule(&mut g, now + ms, Wake::Path(id));
+        }
+    }
+}
