@@ -273,7 +273,10 @@ async fn set_level(State(st): St, body: axum::body::Bytes) -> Response {
     let Some(level) = Level::parse(&req.level) else {
         return err(
             StatusCode::BAD_REQUEST,
-            format!("unknown level {:?} (slow, normal, fast, very_fast, boost, custom)", req.level),
+            format!(
+                "unknown level {:?} (slow, normal, fast, very_fast, boost, custom)",
+                req.level
+            ),
         );
     };
     if let Err(e) = st.intake.sched.set_level(level, req.source.as_deref()) {
@@ -287,7 +290,12 @@ async fn set_level(State(st): St, body: axum::body::Bytes) -> Response {
     let value = level.as_str().to_string();
     match tokio::task::spawn_blocking(move || spool.meta_set(&key, &value)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return err(StatusCode::INTERNAL_SERVER_ERROR, format!("level set but not saved: {e}")),
+        Ok(Err(e)) => {
+            return err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("level set but not saved: {e}"),
+            )
+        }
         Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
     Json(json!({"level": level.as_str(), "source": req.source})).into_response()

@@ -9,9 +9,9 @@ use crate::events::{Event, Events, EventsError};
 use crate::intake::{smtp, Intake};
 use crate::queue::{Scheduler, Source};
 use crate::rules::{Level, RuleSet, RulesError};
-use std::collections::HashMap;
 use crate::spool::{Spool, SpoolError};
 use crate::verp::Verp;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -129,14 +129,8 @@ impl Engine {
                 }
             }
         }
-        let (sched, feeds) = Scheduler::new(
-            clock.clone(),
-            sources,
-            pools,
-            rules,
-            level,
-            source_levels,
-        );
+        let (sched, feeds) =
+            Scheduler::new(clock.clone(), sources, pools, rules, level, source_levels);
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let http = TcpListener::bind(cfg.listen.http)
@@ -190,13 +184,14 @@ impl Engine {
             clock: clock.clone(),
         });
 
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(sched.clone().run_timer(shutdown_rx.clone())));
-        tasks.push(tokio::spawn(delivery::run_dispatcher(
-            ctx.clone(),
-            feeds.connect,
-            shutdown_rx.clone(),
-        )));
+        let mut tasks = vec![
+            tokio::spawn(sched.clone().run_timer(shutdown_rx.clone())),
+            tokio::spawn(delivery::run_dispatcher(
+                ctx.clone(),
+                feeds.connect,
+                shutdown_rx.clone(),
+            )),
+        ];
         tasks.push(tokio::spawn(delivery::run_resolver(
             ctx.clone(),
             feeds.resolve,

@@ -73,6 +73,8 @@ pub struct BackoffState {
     pub until_ms: u64,
     pub step_ms: u64,
     pub hits: u32,
+    /// Fraction of the limits a suspension resumes at.
+    pub resume_factor: f64,
 }
 
 /// One path: (source, destination group) under one rule.
@@ -194,7 +196,11 @@ impl PathState {
     fn count_attempt(&mut self, now: u64) {
         let m = now / 60_000;
         if m != self.minute {
-            self.last_minute = if m == self.minute + 1 { self.this_minute } else { 0 };
+            self.last_minute = if m == self.minute + 1 {
+                self.this_minute
+            } else {
+                0
+            };
             self.this_minute = 0;
             self.minute = m;
         }
@@ -215,36 +221,47 @@ impl PathState {
     }
 
     /// Enter backoff or suspension (or extend it).
+    /// `factor` is the fraction of the limits while backing off, or — for a suspension —
+    /// the fraction it resumes at.
+    #[allow(clippy::too_many_arguments)]
     pub fn apply_backoff(
         &mut self,
         action: BackoffAction,
         factor: f64,
         duration_ms: u64,
+        step_ms: u64,
         rule: &str,
         reason: &str,
         now: u64,
     ) {
-        let (action_s, factor) = match action {
-            BackoffAction::Suspend => ("suspend", 0.0),
-            BackoffAction::Backoff => ("backoff", factor),
-        };
+        let suspend = action == BackoffAction::Suspend;
         match &mut self.backoff {
-            Some(b) if b.action == action_s || b.action == "suspend" => {
+            Some(b) => {
                 b.hits += 1;
-                b.until_ms = now + duration_ms;
-                b.factor = b.factor.min(factor.max(if b.action == "suspend" { 0.0 } else { factor }));
                 b.reason = reason.to_string();
+                b.rule = rule.to_string();
+                b.resume_factor = b.resume_factor.min(factor);
+                if suspend {
+                    b.action = "suspend";
+                    b.factor = 0.0;
+                    b.until_ms = b.until_ms.max(now + duration_ms);
+                } else if b.action != "suspend" {
+                    b.factor = b.factor.min(factor);
+                    b.until_ms = now + duration_ms;
+                }
+                b.step_ms = b.step_ms.max(step_ms);
             }
-            _ => {
+            None => {
                 self.backoff = Some(BackoffState {
-                    action: action_s,
-                    factor,
+                    action: if suspend { "suspend" } else { "backoff" },
+                    factor: if suspend { 0.0 } else { factor },
                     reason: reason.to_string(),
                     rule: rule.to_string(),
                     since_ms: now,
                     until_ms: now + duration_ms,
-                    step_ms: duration_ms,
+                    step_ms,
                     hits: 1,
+                    resume_factor: factor,
                 });
             }
         }
@@ -258,9 +275,9 @@ impl PathState {
             return Some(b.until_ms);
         }
         if b.action == "suspend" {
-            // resume at half speed, then recover
+            // resume at reduced speed, then recover step by step
             b.action = "backoff";
-            b.factor = 0.5;
+            b.factor = b.resume_factor.clamp(0.01, 1.0);
         } else {
             b.factor *= 2.0;
         }

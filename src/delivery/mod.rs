@@ -15,7 +15,7 @@ use crate::config::{Config, TlsMode};
 use crate::dns::{ordered_targets, Resolver, Target};
 use crate::events::Events;
 use crate::queue::{ConnInfo, Next, Scheduler};
-use crate::rules::RuleTls;
+use crate::rules::{BackoffAction, RuleTls};
 use crate::spool::{Delivery, Spool};
 use client::{Params, Reply, Session, SessionError, TxnOutcome};
 use dashmap::DashMap;
@@ -128,7 +128,12 @@ pub async fn run_expiry(
     }
 }
 
-fn info_for(t: Option<&Target>, local: Option<SocketAddr>, r: &Reply, tls: Option<&str>) -> AttemptInfo {
+fn info_for(
+    t: Option<&Target>,
+    local: Option<SocketAddr>,
+    r: &Reply,
+    tls: Option<&str>,
+) -> AttemptInfo {
     AttemptInfo {
         mx: t.map(|t| t.host.clone()),
         ip: t.map(|t| t.ip.to_string()),
@@ -164,13 +169,13 @@ impl Ctx {
         }
     }
 
-    /// Check a negative reply against the backoff rules (and the 421 path-wide deferral).
+    /// Check a negative reply against the backoff rules; a connection-level 421 also makes
+    /// the whole path wait (then it resumes at the backoff rule's factor, or half speed).
     fn react(&self, qid: u64, info: &ConnInfo, r: &Reply) {
         let rules = self.sched.rules();
         let text = r.line();
-        if let Some(b) = rules.backoff_for(&info.rule.name, r.code, &text) {
-            self.sched.backoff(qid, b, &format!("{} ({})", b.name, truncate(&text, 80)));
-        } else if r.code == 421 {
+        let matched = rules.backoff_for(&info.rule.name, r.code, &text);
+        if r.code == 421 {
             let first = info
                 .rule
                 .retry
@@ -179,7 +184,27 @@ impl Ctx {
                 .or_else(|| self.cfg.delivery.retry.first().map(|d| d.0))
                 .unwrap_or(std::time::Duration::from_secs(300));
             let ms = (first.as_millis() as u64).min(300_000);
-            self.sched.defer_path(qid, ms, &format!("421 ({})", truncate(&text, 80)));
+            let (factor, step, name) = match matched {
+                Some(b) if b.action == BackoffAction::Backoff => {
+                    (b.factor, b.duration.as_millis() as u64, b.name.as_str())
+                }
+                _ => (0.5, ms.max(60_000), "connection-level deferral"),
+            };
+            self.sched.defer_path(
+                qid,
+                ms,
+                factor,
+                step,
+                name,
+                &format!("421 ({})", truncate(&text, 80)),
+            );
+            if let Some(b) = matched.filter(|b| b.action == BackoffAction::Suspend) {
+                self.sched
+                    .backoff(qid, b, &format!("{} ({})", b.name, truncate(&text, 80)));
+            }
+        } else if let Some(b) = matched {
+            self.sched
+                .backoff(qid, b, &format!("{} ({})", b.name, truncate(&text, 80)));
         }
     }
 }
@@ -252,15 +277,20 @@ async fn serve_host(
     established: &mut bool,
 ) -> HostResult {
     let addr = SocketAddr::new(target.ip, ctx.cfg.delivery.port);
-    let mut session = match Session::connect(addr, &target.host, ctx.params(target.ip, info)).await {
+    let mut session = match Session::connect(addr, &target.host, ctx.params(target.ip, info)).await
+    {
         Ok(s) => s,
         Err(e) => {
             if matches!(e, SessionError::Tls(_)) && info.rule.tls != RuleTls::Required {
-                let until = ctx.clock.now_ms() + ctx.cfg.delivery.tls_broken_for.0.as_millis() as u64;
+                let until =
+                    ctx.clock.now_ms() + ctx.cfg.delivery.tls_broken_for.0.as_millis() as u64;
                 ctx.tls_broken.insert(target.ip, until);
                 tracing::info!(mx = %target.host, ip = %target.ip, error = %e, "STARTTLS failed; next attempts go without TLS");
             }
-            let network = matches!(e, SessionError::Connect(..) | SessionError::Timeout("connect"));
+            let network = matches!(
+                e,
+                SessionError::Connect(..) | SessionError::Timeout("connect")
+            );
             let reply = e.as_reply();
             if let Some(r) = e.reply() {
                 if r.code == 421 && info.rule.fallback_on_421 {
@@ -288,7 +318,10 @@ async fn serve_host(
             Next::Empty => {
                 // wait for more work up to the idle timeout
                 let notified = info.notify.notified();
-                if tokio::time::timeout(info.rule.idle_timeout, notified).await.is_err() {
+                if tokio::time::timeout(info.rule.idle_timeout, notified)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 continue;
@@ -303,15 +336,24 @@ async fn serve_host(
                     enhanced: Some("4.3.0".into()),
                     text: format!("local error: {e}"),
                 };
-                ctx.deferred(d, info_for(None, None, &r, None), Some(qid)).await;
+                ctx.deferred(d, info_for(None, None, &r, None), Some(qid))
+                    .await;
                 continue;
             }
         };
         let tls = session.tls_version().map(str::to_string);
-        match session.transaction(&d.envelope_from, &d.recipient, &body).await {
+        match session
+            .transaction(&d.envelope_from, &d.recipient, &body)
+            .await
+        {
             Ok(TxnOutcome::Accepted(r)) => {
                 ctx.sched.path_success(qid);
-                ctx.delivered(d, info_for(Some(target), local, &r, tls.as_deref()), Some(qid)).await;
+                ctx.delivered(
+                    d,
+                    info_for(Some(target), local, &r, tls.as_deref()),
+                    Some(qid),
+                )
+                .await;
             }
             Ok(TxnOutcome::Refused(stage, r)) => {
                 let ai = info_for(Some(target), local, &r, tls.as_deref());

@@ -107,6 +107,7 @@ struct Inner {
 
 /// What a connection does next.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // moved once per transaction; boxing would only add an allocation
 pub enum Next {
     Deliver(Delivery),
     /// Nothing queued right now (wait up to the idle timeout, then quit).
@@ -277,10 +278,14 @@ impl Scheduler {
             return;
         }
         let path_id = q.path.clone();
-        let Some(path) = g.paths.get(&path_id) else { return };
+        let Some(path) = g.paths.get(&path_id) else {
+            return;
+        };
         let rule = Self::rule_of(g, &path.rule);
         let level = Self::level_of(g, path);
-        let Some(path) = g.paths.get_mut(&path_id) else { return };
+        let Some(path) = g.paths.get_mut(&path_id) else {
+            return;
+        };
         match path.may_open(&rule, level, now) {
             Ok(true) => {
                 path.connections += 1;
@@ -418,7 +423,9 @@ impl Scheduler {
         let mut g = self.lock();
         g.in_flight = g.in_flight.saturating_sub(1);
         let Some(qid) = qid else { return };
-        let Some(q) = g.queues.get_mut(&qid) else { return };
+        let Some(q) = g.queues.get_mut(&qid) else {
+            return;
+        };
         q.in_flight = q.in_flight.saturating_sub(1);
         let path_id = q.path.clone();
         if let (Some(r), Some(p)) = (last_reply, g.paths.get_mut(&path_id)) {
@@ -439,7 +446,8 @@ impl Scheduler {
     fn cleanup(&self, g: &mut Inner, qid: u64) {
         if g.queues.get(&qid).is_some_and(Queue::idle) {
             if let Some(q) = g.queues.remove(&qid) {
-                g.queue_index.remove(&(q.path.clone(), q.source, q.site.clone()));
+                g.queue_index
+                    .remove(&(q.path.clone(), q.source, q.site.clone()));
                 if let Some(p) = g.paths.get_mut(&q.path) {
                     p.queues.retain(|x| *x != qid);
                 }
@@ -464,7 +472,9 @@ impl Scheduler {
     pub fn connection_closed(&self, qid: u64, established: bool) {
         let now = self.clock.now_ms();
         let mut g = self.lock();
-        let Some(q) = g.queues.get_mut(&qid) else { return };
+        let Some(q) = g.queues.get_mut(&qid) else {
+            return;
+        };
         q.connections = q.connections.saturating_sub(1);
         let path = q.path.clone();
         if let Some(p) = g.paths.get_mut(&path) {
@@ -499,7 +509,9 @@ impl Scheduler {
             let mut g = self.lock();
             let mut moved = 0;
             while moved < TIMER_BATCH {
-                let Some(entry) = g.timer.first_entry() else { break };
+                let Some(entry) = g.timer.first_entry() else {
+                    break;
+                };
                 if entry.key().0 > now {
                     break;
                 }
@@ -550,7 +562,9 @@ impl Scheduler {
     fn sweep(&self, g: &mut Inner, now: u64) {
         let qids: Vec<u64> = g.queues.keys().copied().collect();
         for qid in qids {
-            let Some(q) = g.queues.get_mut(&qid) else { continue };
+            let Some(q) = g.queues.get_mut(&qid) else {
+                continue;
+            };
             let mut expired = Vec::new();
             for lane in [&mut q.transactional, &mut q.bulk] {
                 let mut keep = VecDeque::with_capacity(lane.len());

@@ -126,7 +126,10 @@ impl Scheduler {
         let unreachable = &g.unreachable;
         let site_s = site.to_string();
         let usable = |s: usize| {
-            Some(s) != avoid && !unreachable.get(&(s, site_s.clone())).is_some_and(|u| *u > now)
+            Some(s) != avoid
+                && unreachable
+                    .get(&(s, site_s.clone()))
+                    .is_none_or(|u| *u <= now)
         };
         let pool = match g.pools.get_mut(&pool_name) {
             Some(p) => p,
@@ -139,7 +142,11 @@ impl Scheduler {
             .pick(usable)
             .or_else(|| pool.pick(|_| true))
             .unwrap_or(0);
-        let source_name = g.sources.get(source).map(|s| s.name.clone()).unwrap_or_default();
+        let source_name = g
+            .sources
+            .get(source)
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
         let group = match rule.per {
             Per::Rule => "*".to_string(),
             Per::Mx => site.to_string(),
@@ -247,13 +254,14 @@ impl Scheduler {
         let mut ds: Vec<Delivery> = q.transactional.drain(..).collect();
         ds.extend(q.bulk.drain(..));
         g.ready -= ds.len() as u64;
-        g.unreachable.insert((source, site.clone()), now + super::UNREACHABLE_MS);
+        g.unreachable
+            .insert((source, site.clone()), now + super::UNREACHABLE_MS);
         let mut stuck = Vec::new();
         for d in ds {
             let pool = d.pool.clone().unwrap_or_else(|| "default".into());
             let others = g.pools.get(&pool).is_some_and(|p| {
                 p.members.iter().any(|(s, _)| {
-                    *s != source && !g.unreachable.get(&(*s, site.clone())).is_some_and(|u| *u > now)
+                    *s != source && g.unreachable.get(&(*s, site.clone())).is_none_or(|u| *u <= now)
                 })
             });
             if others {
@@ -273,12 +281,37 @@ impl Scheduler {
 
     /// A reply on queue `qid` matched a backoff rule: slow down or suspend its scope.
     pub fn backoff(&self, qid: u64, b: &BackoffRule, reason: &str) {
-        self.apply(qid, b.action, b.factor, b.duration.as_millis() as u64, b.scope, &b.name, reason);
+        let ms = b.duration.as_millis() as u64;
+        let factor = if b.action == BackoffAction::Suspend {
+            0.5
+        } else {
+            b.factor
+        };
+        self.apply(qid, b.action, factor, ms, ms, b.scope, &b.name, reason);
     }
 
-    /// A connection-level 4xx (e.g. 421): the whole path waits `ms`, then resumes gradually.
-    pub fn defer_path(&self, qid: u64, ms: u64, reason: &str) {
-        self.apply(qid, BackoffAction::Suspend, 0.0, ms, Scope::Path, "connection-level deferral", reason);
+    /// A connection-level 4xx (e.g. 421): the whole path waits `ms`, then resumes at
+    /// `resume_factor` of its limits (a matching backoff rule's factor, or half) and recovers
+    /// step by step every `step_ms`.
+    pub fn defer_path(
+        &self,
+        qid: u64,
+        ms: u64,
+        resume_factor: f64,
+        step_ms: u64,
+        name: &str,
+        reason: &str,
+    ) {
+        self.apply(
+            qid,
+            BackoffAction::Suspend,
+            resume_factor,
+            ms,
+            step_ms,
+            Scope::Path,
+            name,
+            reason,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -288,6 +321,7 @@ impl Scheduler {
         action: BackoffAction,
         factor: f64,
         ms: u64,
+        step_ms: u64,
         scope: Scope,
         name: &str,
         reason: &str,
@@ -299,7 +333,11 @@ impl Scheduler {
         };
         let ids: Vec<String> = match scope {
             Scope::Rule => {
-                let rule = g.paths.get(&path_id).map(|p| p.rule.clone()).unwrap_or_default();
+                let rule = g
+                    .paths
+                    .get(&path_id)
+                    .map(|p| p.rule.clone())
+                    .unwrap_or_default();
                 g.paths
                     .values()
                     .filter(|p| p.rule == rule)
@@ -311,7 +349,7 @@ impl Scheduler {
         };
         for id in ids {
             if let Some(p) = g.paths.get_mut(&id) {
-                p.apply_backoff(action, factor, ms, name, reason, now);
+                p.apply_backoff(action, factor, ms, step_ms, name, reason, now);
                 tracing::info!(path = %id, rule = %p.rule, action = ?action, reason, "path backs off");
             }
             self.schedule(&mut g, now + ms, Wake::Path(id));
