@@ -38,6 +38,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
         .merge(api)
         .fallback(|| async { err(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
@@ -154,6 +155,7 @@ async fn inject(State(st): St, body: Body) -> Response {
             .collect(),
         content: req.content.into_bytes(),
         strip_intake_headers: false,
+        channel: "http",
     };
     match st.intake.submit(sub).await {
         Ok(receipt) => (StatusCode::ACCEPTED, Json(receipt)).into_response(),
@@ -240,6 +242,45 @@ async fn status(State(st): St) -> Response {
     .into_response()
 }
 
+async fn metrics(State(st): St) -> Response {
+    let i = &st.intake;
+    let m = &i.metrics;
+    let t = i.sched.totals();
+    for (state, v) in [
+        ("waiting", t.waiting),
+        ("resolving", t.resolving),
+        ("ready", t.ready),
+        ("in_flight", t.in_flight),
+    ] {
+        m.queue.with_label_values(&[state]).set(v as i64);
+    }
+    for (rule, conns, limit) in i.sched.rule_connections() {
+        m.connections.with_label_values(&[&rule]).set(conns as i64);
+        m.connection_limit
+            .with_label_values(&[&rule])
+            .set(limit as i64);
+    }
+    for (source, level) in i.sched.source_levels() {
+        let idx = Level::ALL.iter().position(|l| *l == level).unwrap_or(4);
+        m.level.with_label_values(&[&source]).set(idx as i64);
+        m.level_percent
+            .with_label_values(&[&source])
+            .set((level.factor() * 100.0).round() as i64);
+    }
+    m.spool_bytes.set(i.spool.file_bytes() as i64);
+    if let Some(p) = i.spool.disk_used_percent() {
+        m.spool_disk_percent.set(p.round() as i64);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
+}
+
 async fn queues(State(st): St) -> Response {
     Json(json!({
         "totals": st.intake.sched.totals(),
@@ -303,11 +344,25 @@ async fn set_level(State(st): St, body: axum::body::Bytes) -> Response {
 
 async fn reload(State(st): St) -> Response {
     match crate::engine::reload_rules(&st.intake.cfg, &st.intake.sched) {
-        Ok(n) => Json(json!({"reloaded": true, "rules": n})).into_response(),
-        Err(e) => err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("rules refused, the running rules stay: {e}"),
-        ),
+        Ok(n) => {
+            st.intake
+                .metrics
+                .reloads
+                .with_label_values(&["mx", "ok"])
+                .inc();
+            Json(json!({"reloaded": true, "rules": n})).into_response()
+        }
+        Err(e) => {
+            st.intake
+                .metrics
+                .reloads
+                .with_label_values(&["mx", "refused"])
+                .inc();
+            err(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("rules refused, the running rules stay: {e}"),
+            )
+        }
     }
 }
 

@@ -646,24 +646,44 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for src in &self.sources {
             if src.name.is_empty() || !names.insert(src.name.as_str()) {
-                issue("sources", "name", format!("source name {:?} is empty or used twice", src.name));
+                issue(
+                    "sources",
+                    "name",
+                    format!("source name {:?} is empty or used twice", src.name),
+                );
             }
             if src.weight == 0 {
-                issue("sources", "weight", format!("source {:?}: weight must be at least 1", src.name));
+                issue(
+                    "sources",
+                    "weight",
+                    format!("source {:?}: weight must be at least 1", src.name),
+                );
             }
             if let Some(l) = &src.level {
                 if crate::rules::Level::parse(l).is_none() {
-                    issue("sources", "level", format!("source {:?}: unknown level {l:?}", src.name));
+                    issue(
+                        "sources",
+                        "level",
+                        format!("source {:?}: unknown level {l:?}", src.name),
+                    );
                 }
             }
         }
         for p in &self.pools {
             if p.sources.is_empty() {
-                issue("pools", "sources", format!("pool {:?} has no sources", p.name));
+                issue(
+                    "pools",
+                    "sources",
+                    format!("pool {:?} has no sources", p.name),
+                );
             }
             for s in &p.sources {
                 if !self.sources.iter().any(|x| &x.name == s) {
-                    issue("pools", "sources", format!("pool {:?}: no source named {s:?}", p.name));
+                    issue(
+                        "pools",
+                        "sources",
+                        format!("pool {:?}: no source named {s:?}", p.name),
+                    );
                 }
             }
         }

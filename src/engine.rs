@@ -7,6 +7,7 @@ use crate::delivery::{self, Ctx};
 use crate::dns::{DnsSetupError, Resolver};
 use crate::events::{Event, Events, EventsError};
 use crate::intake::{smtp, Intake};
+use crate::metrics::{Metrics, MetricsError};
 use crate::queue::{Scheduler, Source};
 use crate::rules::{Level, RuleSet, RulesError};
 use crate::spool::{Spool, SpoolError};
@@ -30,6 +31,8 @@ pub enum EngineError {
     Listen(SocketAddr, std::io::Error),
     #[error("MX rules: {0}")]
     Rules(#[from] RulesError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// The MX rules the config points at (or the built-in ones).
@@ -129,8 +132,16 @@ impl Engine {
                 }
             }
         }
-        let (sched, feeds) =
-            Scheduler::new(clock.clone(), sources, pools, rules, level, source_levels);
+        let metrics = Arc::new(Metrics::new()?);
+        let (sched, feeds) = Scheduler::new(
+            clock.clone(),
+            sources,
+            pools,
+            rules,
+            level,
+            source_levels,
+            metrics.clone(),
+        );
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let http = TcpListener::bind(cfg.listen.http)
@@ -174,6 +185,7 @@ impl Engine {
             clock: clock.clone(),
             tls_broken: Default::default(),
             connections: Arc::new(Semaphore::new(cfg.delivery.max_connections as usize)),
+            metrics: metrics.clone(),
         });
         let intake = Arc::new(Intake {
             cfg: cfg.clone(),
@@ -182,6 +194,7 @@ impl Engine {
             events: events.clone(),
             verp: Verp::new(&cfg.verp.domain, &cfg.verp.prefix, &cfg.verp.secret),
             clock: clock.clone(),
+            metrics: metrics.clone(),
         });
 
         let mut tasks = vec![
@@ -214,7 +227,7 @@ impl Engine {
             intake: intake.clone(),
             token: cfg.api.token.clone(),
         }));
-        let reload_ctx = (cfg.clone(), sched.clone());
+        let reload_ctx = (cfg.clone(), sched.clone(), metrics.clone());
         let mut hup_rx = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
             let Ok(mut hup) =
@@ -226,8 +239,14 @@ impl Engine {
                 tokio::select! {
                     _ = hup.recv() => {
                         match reload_rules(&reload_ctx.0, &reload_ctx.1) {
-                            Ok(n) => tracing::info!(rules = n, "rules reloaded (SIGHUP)"),
-                            Err(e) => tracing::error!(error = %e, "rules reload refused; the running rules stay"),
+                            Ok(n) => {
+                                reload_ctx.2.reloads.with_label_values(&["mx", "ok"]).inc();
+                                tracing::info!(rules = n, "rules reloaded (SIGHUP)")
+                            }
+                            Err(e) => {
+                                reload_ctx.2.reloads.with_label_values(&["mx", "refused"]).inc();
+                                tracing::error!(error = %e, "rules reload refused; the running rules stay")
+                            }
                         }
                     }
                     _ = hup_rx.changed() => return,

@@ -13,6 +13,7 @@ pub mod dns;
 pub mod engine;
 pub mod events;
 pub mod intake;
+pub mod metrics;
 pub mod queue;
 pub mod rules;
 pub mod spool;

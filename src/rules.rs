@@ -195,10 +195,7 @@ impl Rule {
     /// Does this rule cover a domain with these MX hosts?
     pub fn matches(&self, domain: &str, mx_hosts: &[String]) -> bool {
         self.domains.iter().any(|m| glob(m, domain))
-            || self
-                .mx
-                .iter()
-                .any(|m| mx_hosts.iter().any(|h| glob(m, h)))
+            || self.mx.iter().any(|m| mx_hosts.iter().any(|h| glob(m, h)))
     }
 }
 
@@ -260,32 +257,60 @@ impl RuleSet {
         let mut names = std::collections::HashSet::new();
         for (i, r) in raw.rule.into_iter().enumerate() {
             if r.name.trim().is_empty() || !names.insert(r.name.clone()) {
-                err("rule", i, "name", format!("{:?} is empty or used twice", r.name));
+                err(
+                    "rule",
+                    i,
+                    "name",
+                    format!("{:?} is empty or used twice", r.name),
+                );
             }
             if r.mx.is_empty() && r.domains.is_empty() {
-                err("rule", i, "mx", "a rule needs `mx` or `domains` masks".into());
+                err(
+                    "rule",
+                    i,
+                    "mx",
+                    "a rule needs `mx` or `domains` masks".into(),
+                );
             }
             for m in &r.mx {
                 if !valid_mask(m) {
-                    err("rule", i, "mx", format!("invalid mask {m:?} (letters, digits, . - * ?)"));
+                    err(
+                        "rule",
+                        i,
+                        "mx",
+                        format!("invalid mask {m:?} (letters, digits, . - * ?)"),
+                    );
                 }
             }
             for m in &r.domains {
                 if !valid_mask(m) {
-                    err("rule", i, "domains", format!("invalid mask {m:?} (letters, digits, . - * ?)"));
+                    err(
+                        "rule",
+                        i,
+                        "domains",
+                        format!("invalid mask {m:?} (letters, digits, . - * ?)"),
+                    );
                 }
             }
             let pos = |key: &str, v: i64, err: &mut dyn FnMut(&str, usize, &str, String)| -> u32 {
                 if v < 1 || v > u32::MAX as i64 {
-                    err("rule", i, key, format!("must be a positive number, not {v}"));
+                    err(
+                        "rule",
+                        i,
+                        key,
+                        format!("must be a positive number, not {v}"),
+                    );
                     1
                 } else {
                     v as u32
                 }
             };
             let max_connections = pos("max_connections", r.max_connections, &mut err);
-            let messages_per_connection =
-                pos("messages_per_connection", r.messages_per_connection, &mut err);
+            let messages_per_connection = pos(
+                "messages_per_connection",
+                r.messages_per_connection,
+                &mut err,
+            );
             let messages_per_hour = r
                 .messages_per_hour
                 .map(|v| pos("messages_per_hour", v, &mut err) as u64);
@@ -346,7 +371,12 @@ impl RuleSet {
             };
             for c in &b.codes {
                 if !valid_code_mask(c) {
-                    err("backoff", i, "codes", format!("invalid code mask {c:?} (e.g. \"421\", \"4xx\")"));
+                    err(
+                        "backoff",
+                        i,
+                        "codes",
+                        format!("invalid code mask {c:?} (e.g. \"421\", \"4xx\")"),
+                    );
                 }
             }
             for r in &b.rules {
@@ -356,7 +386,12 @@ impl RuleSet {
             }
             let factor = b.factor.unwrap_or(0.5);
             if !(factor > 0.0 && factor <= 1.0) {
-                err("backoff", i, "factor", "must be above 0 and at most 1".into());
+                err(
+                    "backoff",
+                    i,
+                    "factor",
+                    "must be above 0 and at most 1".into(),
+                );
             }
             let duration = match parse_duration(&b.duration) {
                 Ok(d) if !d.is_zero() => d,
@@ -454,7 +489,9 @@ fn valid_mask(m: &str) -> bool {
 }
 
 fn valid_code_mask(c: &str) -> bool {
-    c.len() == 3 && c.chars().all(|ch| ch.is_ascii_digit() || ch == 'x' || ch == 'X')
+    c.len() == 3
+        && c.chars()
+            .all(|ch| ch.is_ascii_digit() || ch == 'x' || ch == 'X')
 }
 
 fn code_mask(mask: &str, code: u16) -> bool {
@@ -469,7 +506,11 @@ fn code_mask(mask: &str, code: u16) -> bool {
 /// Case-insensitive glob match with `*` (any run) and `?` (one character).
 pub fn glob(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.to_ascii_lowercase().chars().collect();
-    let t: Vec<char> = text.trim_end_matches('.').to_ascii_lowercase().chars().collect();
+    let t: Vec<char> = text
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+        .chars()
+        .collect();
     let (mut pi, mut ti) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while ti < t.len() {
@@ -516,31 +557,51 @@ mod tests {
         };
         assert_eq!(name("brand.example", &["aspmx.l.google.com"]), "google");
         assert_eq!(name("gmail.com", &[]), "google");
-        assert_eq!(name("x.example", &["x-example.mail.protection.outlook.com"]), "microsoft");
+        assert_eq!(
+            name("x.example", &["x-example.mail.protection.outlook.com"]),
+            "microsoft"
+        );
         assert_eq!(name("yahoo.fr", &["mta5.am0.yahoodns.net"]), "yahoo");
         assert_eq!(name("a.test", &["mx1.a.test"]), "default");
         assert!(rs.rules.last().unwrap().is_catch_all());
-        assert!(rs.backoff_for("yahoo", 421, "4.7.0 [TS01] Messages from 1.2.3.4 temporarily deferred").is_some());
+        assert!(rs
+            .backoff_for(
+                "yahoo",
+                421,
+                "4.7.0 [TS01] Messages from 1.2.3.4 temporarily deferred"
+            )
+            .is_some());
     }
 
     #[test]
     fn bad_rules_name_file_line_and_key() {
         let text = "[[rule]]\nname = \"a\"\nmx = [\"*\"]\nmax_connections = -2\nmessages_per_connection = 10\n";
-        let e = RuleSet::parse(text, Path::new("r.toml")).unwrap_err().to_string();
+        let e = RuleSet::parse(text, Path::new("r.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("r.toml:4: rule[0].max_connections"), "{e}");
 
         let text = "[[rule]]\nname = \"a\"\nmx = [\"*\"]\nmax_connections = 2\nmessages_per_connection = 10\nspeed = 3\n";
-        let e = RuleSet::parse(text, Path::new("r.toml")).unwrap_err().to_string();
+        let e = RuleSet::parse(text, Path::new("r.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("r.toml:") && e.contains("speed"), "{e}");
 
         let text = "[[rule]]\nname = \"a\"\nmx = [\"*.x.com\"]\nmax_connections = 2\nmessages_per_connection = 10\n";
-        let e = RuleSet::parse(text, Path::new("r.toml")).unwrap_err().to_string();
+        let e = RuleSet::parse(text, Path::new("r.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("catch-all"), "{e}");
 
         let text = "[[rule]]\nname = \"a\"\nmx = [\"*\", \"bad mask!\"]\nmax_connections = 2\nmessages_per_connection = 10\n[[backoff]]\nname = \"b\"\npattern = \"(unclosed\"\nduration = \"5m\"\n";
-        let e = RuleSet::parse(text, Path::new("r.toml")).unwrap_err().to_string();
+        let e = RuleSet::parse(text, Path::new("r.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("r.toml:3: rule[0].mx: invalid mask"), "{e}");
-        assert!(e.contains("r.toml:8: backoff[0].pattern: invalid regex"), "{e}");
+        assert!(
+            e.contains("r.toml:8: backoff[0].pattern: invalid regex"),
+            "{e}"
+        );
     }
 
     #[test]

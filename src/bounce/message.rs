@@ -94,7 +94,10 @@ fn part_text(body: &PartType<'_>) -> Option<String> {
 
 fn strip_html(html: &str) -> String {
     static TAG: OnceLock<Option<Regex>> = OnceLock::new();
-    let text = match re(&TAG, r"(?is)<(?:br|/p|/div|/tr)[^>]*>|<style.*?</style>|<[^>]*>") {
+    let text = match re(
+        &TAG,
+        r"(?is)<(?:br|/p|/div|/tr)[^>]*>|<style.*?</style>|<[^>]*>",
+    ) {
         Some(r) => r
             .replace_all(html, |c: &regex::Captures<'_>| {
                 let t = c.get(0).map_or("", |m| m.as_str()).to_ascii_lowercase();
@@ -151,6 +154,7 @@ fn collect_parts(msg: &Message<'_>) -> Parts {
                 p.original_headers.get_or_insert(text);
             }
             ("text", _) | ("message", _) => p.human.push(text),
+            _ if matches!(part.body, PartType::Text(_) | PartType::Html(_)) => p.human.push(text),
             _ => {}
         }
     }
@@ -225,9 +229,20 @@ fn cut_original(text: &str) -> (&str, &str) {
     static MARK: OnceLock<Option<Regex>> = OnceLock::new();
     let mark = re(
         &MARK,
-        r"(?mi)^[\s>|]*(?:-{2,}|={2,}|\*{2,})?\s*(?:this is a copy of|original message|below this line|a copy of the original|(?:the )?(?:original|returned|undelivered|rejected)[- ](?:message|mail|e-?mail)|message header|headers? (?:of|from) (?:the )?(?:original|message)|unsent message|included message|your message (?:reads|follows|was)|start of returned message|content-type: message/rfc822)|^(?:return-path|received|dkim-signature|message-id|x-mailer|mime-version):\s",
+        r"(?mi)^[\s>|]*(?:-{2,}|={2,}|\*{2,})?\s*(?:this is a copy of|original message|below this line|a copy of the original|(?:the )?(?:original|returned|undelivered|rejected)[- ](?:message|mail|e-?mail)|message header|headers? (?:of|from) (?:the )?(?:original|message)|unsent message|included message|your message (?:reads|follows)|start of returned message|content-type: message/rfc822)|^(?:return-path|received|dkim-signature|message-id|x-mailer|mime-version):\s",
     );
-    match mark.and_then(|r| r.find_iter(text).find(|m| m.start() > 0)) {
+    let skip = |start: usize| {
+        let start = text.len() - text[start..].trim_start().len();
+        let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        let line = text[start..line_end].to_ascii_lowercase();
+        line.contains("was received")
+            || line.contains("received at")
+            || line.contains("received on")
+    };
+    match mark.and_then(|r| {
+        r.find_iter(text)
+            .find(|m| m.start() > 0 && !skip(m.start()))
+    }) {
         Some(m) => text.split_at(m.start()),
         None => (text, ""),
     }
@@ -288,7 +303,10 @@ pub fn classify_message(raw: &[u8], rules: &BounceRules) -> MessageVerdict {
         parts
             .human
             .iter()
-            .find(|t| header_value(t, "feedback-type").is_some() && header_value(t, "user-agent").is_some())
+            .find(|t| {
+                header_value(t, "feedback-type").is_some()
+                    && header_value(t, "user-agent").is_some()
+            })
             .cloned()
     });
     if feedback.is_some() || report_type == "feedback-report" {
@@ -352,7 +370,11 @@ pub fn classify_message(raw: &[u8], rules: &BounceRules) -> MessageVerdict {
     }
 
     // Legacy plain-text bounce.
-    let mut v = classify_plain(human, rules, bounce_like || report_type == "delivery-status");
+    let mut v = classify_plain(
+        human,
+        rules,
+        bounce_like || report_type == "delivery-status",
+    );
     if v.recipient.is_none() {
         v.recipient = first_address(human).filter(|a| {
             let to = msg.header_raw("To").unwrap_or("");
@@ -361,6 +383,90 @@ pub fn classify_message(raw: &[u8], rules: &BounceRules) -> MessageVerdict {
     }
     v.original_envelope = original_envelope;
     v
+}
+
+/// The SMTP command a rejection answered, when the bounce says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Connect,
+    Mail,
+    Rcpt,
+    Data,
+}
+
+fn smtp_stage(text: &str) -> Option<Stage> {
+    static SAID: OnceLock<Option<Regex>> = OnceLock::new();
+    static TRANSCRIPT: OnceLock<Option<Regex>> = OnceLock::new();
+    let said = re(
+        &SAID,
+        r"(?i)(?:\bafter|\bin reply to|\bin response to|did not like our|\bfailed after)\s+(?:the\s+)?(end of data|data\b|mail from|mail\b|rcpt to|rcpt\b|helo|ehlo|initial connection|connect|greeting|banner)|(but sender was rejected)|(does not like recipient)",
+    );
+    let from_caps = |c: regex::Captures<'_>| -> Option<Stage> {
+        if c.get(2).is_some() {
+            return Some(Stage::Mail);
+        }
+        if c.get(3).is_some() {
+            return Some(Stage::Rcpt);
+        }
+        let w = c.get(1)?.as_str().to_ascii_lowercase();
+        Some(if w.contains("data") {
+            Stage::Data
+        } else if w.starts_with("mail") {
+            Stage::Mail
+        } else if w.starts_with("rcpt") {
+            Stage::Rcpt
+        } else {
+            Stage::Connect
+        })
+    };
+    if let Some(st) = said.and_then(|r| r.captures(text)).and_then(from_caps) {
+        return Some(st);
+    }
+    // Session transcript: the last ">>> COMMAND" before the first "<<< 5xx".
+    let tr = re(&TRANSCRIPT, r"(?mi)^\s*(?:>>>|<<<)\s*(\S+)")?;
+    let mut last = None;
+    for c in tr.captures_iter(text) {
+        let whole = c.get(0).map_or("", |m| m.as_str()).trim_start();
+        let word = c.get(1).map_or("", |m| m.as_str()).to_ascii_uppercase();
+        if whole.starts_with("<<<") {
+            if word.starts_with('4') || word.starts_with('5') {
+                return last;
+            }
+        } else {
+            last = match word.as_str() {
+                "MAIL" => Some(Stage::Mail),
+                "RCPT" => Some(Stage::Rcpt),
+                "DATA" | "." => Some(Stage::Data),
+                "HELO" | "EHLO" => Some(Stage::Connect),
+                _ => last,
+            };
+        }
+    }
+    None
+}
+
+/// Adjusts a reason by the SMTP stage: a rejection of MAIL FROM or of the connection is
+/// about the sender (refused); a "user unknown" after DATA comes from a content filter.
+fn apply_stage(v: &mut MessageVerdict, stage: Option<Stage>, code: Option<u16>) {
+    if v.bounce_type == BounceType::Ignored || code.is_some_and(|c| c / 100 == 4) {
+        return;
+    }
+    let refuse = match (stage, v.reason) {
+        (Some(Stage::Mail | Stage::Connect), r) => matches!(
+            r,
+            Reason::UserUnknown
+                | Reason::InvalidDomain
+                | Reason::InactiveMailbox
+                | Reason::MailboxFull
+                | Reason::Unknown
+        ),
+        (Some(Stage::Data), Reason::UserUnknown) => true,
+        _ => false,
+    };
+    if refuse {
+        v.reason = Reason::Refused;
+        v.bounce_type = BounceType::Soft;
+    }
 }
 
 fn classify_dsn(block: &[(String, String)], human: &str, rules: &BounceRules) -> MessageVerdict {
@@ -394,87 +500,113 @@ fn classify_dsn(block: &[(String, String)], human: &str, rules: &BounceRules) ->
         v.reason = Reason::Unreachable;
         return v;
     }
-    let set = |v: &mut MessageVerdict, t: BounceType, r: Reason| {
-        v.bounce_type = t;
-        v.reason = r;
-    };
-    if let Some(d) = &diag {
-        if let Some(rule) = rules.match_rule(dcode, enhanced.as_deref(), d) {
-            set(&mut v, rule.bounce_type, rule.reason);
-            return v;
-        }
-    }
-    if let Some(r) = enhanced.as_deref().and_then(enhanced_reason) {
-        set(&mut v, r.default_type(), r);
-        return v;
-    }
-    let plain = classify_plain(human, rules, true);
-    if plain.reason != Reason::Unknown {
-        set(&mut v, plain.bounce_type, plain.reason);
-        return v;
-    }
-    let c = rules.classify_reply(dcode, enhanced.as_deref(), diag.as_deref().unwrap_or(""));
-    set(&mut v, c.bounce_type, c.reason);
+    let stage = smtp_stage(&format!("{}\n{}", diag.as_deref().unwrap_or(""), human));
+    let mut code = dcode;
+    let decided = diag
+        .as_deref()
+        .and_then(|d| rules.match_rule(dcode, enhanced.as_deref(), d))
+        .map(|rule| (rule.bounce_type, rule.reason))
+        .or_else(|| {
+            enhanced
+                .as_deref()
+                .and_then(enhanced_reason)
+                .map(|r| (r.default_type(), r))
+        })
+        .or_else(|| {
+            let plain = classify_plain(human, rules, true);
+            if code.is_none() {
+                code = extract_codes(plain.diagnostic.as_deref().unwrap_or("")).0;
+            }
+            (plain.reason != Reason::Unknown).then_some((plain.bounce_type, plain.reason))
+        });
+    let (t, r) = decided.unwrap_or_else(|| {
+        let r = fallback_reason(dcode, enhanced.as_deref());
+        (r.default_type(), r)
+    });
+    v.bounce_type = t;
+    v.reason = r;
+    apply_stage(&mut v, stage, code);
     v
 }
 
-/// Diagnostic lines of a plain bounce: lines with SMTP codes, "said:", or error wording,
-/// with their continuation lines.
-fn diagnostic_lines(text: &str) -> String {
+/// Diagnostic segments of a plain bounce (a line and its indented continuation lines):
+/// first those with SMTP codes or "said:", then all those with error wording.
+fn diagnostic_segments(text: &str) -> (Vec<String>, Vec<String>) {
     static DIAG: OnceLock<Option<Regex>> = OnceLock::new();
-    let mut out = String::new();
-    let mut take_next = false;
+    static CODED: OnceLock<Option<Regex>> = OnceLock::new();
+    let mut coded: Vec<String> = Vec::new();
+    let mut all: Vec<String> = Vec::new();
+    let mut open = (false, false);
     for line in text.lines() {
         let t = line.trim();
         if t.is_empty() {
-            take_next = false;
+            open = (false, false);
             continue;
         }
-        let hit = is_match(
-            &DIAG,
-            r"(?i)(?:^|[\s:;(#\[])[45]\d\d[\s-]|#?\b[45]\.\d{1,3}\.\d{1,3}\b|said:|\berror\b|unknown|no such|not (?:exist|found|allowed|accepted)|does not|rejected|refused|denied|blocked|quota|full|disabled|invalid|failed|unable|timed? ?out|expired",
+        let cont = line.starts_with([' ', '\t']) && !t.starts_with('<');
+        let is_coded = is_match(
+            &CODED,
+            r"(?i)(?:^|[\s:;(\[])[45]\d\d[\s-]|(?:^|[\s#(])[45]\.\d{1,3}\.\d{1,3}\b|said:",
             t,
         );
-        if hit || (take_next && line.starts_with([' ', '\t'])) {
-            if !out.is_empty() {
-                out.push('\n');
+        let hit = is_coded
+            || is_match(
+                &DIAG,
+                r"(?i)\berror\b|unknown|no such|not (?:exist|found|allowed|accepted|reached)|does not|doesn.t|rejected|refused|denied|blocked|quota|full|disabled|invalid|failed|unable|timed? ?out|expired|unrout",
+                t,
+            );
+        for (list, is_hit, open) in [
+            (&mut coded, is_coded, &mut open.0),
+            (&mut all, hit, &mut open.1),
+        ] {
+            if is_hit {
+                list.push(t.to_string());
+                *open = true;
+            } else if *open && cont {
+                if let Some(last) = list.last_mut() {
+                    last.push('\n');
+                    last.push_str(t);
+                }
+            } else {
+                *open = false;
             }
-            out.push_str(t);
-            take_next = true;
-        } else {
-            take_next = false;
         }
     }
-    out
+    (coded, all)
 }
 
 fn classify_plain(human: &str, rules: &BounceRules, bounce_like: bool) -> MessageVerdict {
-    let diag = diagnostic_lines(human);
-    let (code, enh) = extract_codes(&diag);
+    let (coded, diag) = diagnostic_segments(human);
+    let codes_from = if coded.is_empty() { &diag } else { &coded };
+    let (code, enh) = extract_codes(&codes_from.join("\n"));
     let mut v = MessageVerdict::new(MessageKind::PlainBounce, Reason::Unknown);
     v.status = enh.clone();
-    let first = diag.lines().next().map(str::to_string);
-    v.diagnostic = first.clone().or_else(|| {
+    let first = coded.first().or_else(|| diag.first()).cloned();
+    v.diagnostic = first.as_deref().map(normalize).or_else(|| {
         let n = normalize(human);
         (!n.is_empty()).then(|| n.chars().take(300).collect())
     });
-    let rule = rules
-        .match_rule(code, enh.as_deref(), &diag)
-        .or_else(|| rules.match_rule(code, enh.as_deref(), human));
+    let rule = coded
+        .iter()
+        .chain(diag.iter())
+        .map(String::as_str)
+        .chain(std::iter::once(human))
+        .find_map(|t| {
+            let (c, e) = extract_codes(t);
+            rules.match_rule(c.or(code), e.as_deref().or(enh.as_deref()), t)
+        });
     if let Some(rule) = rule {
         v.bounce_type = rule.bounce_type;
         v.reason = rule.reason;
-        if let Some(line) = first {
-            v.recipient = first_address(&line);
-        }
-        return v;
-    }
-    if !bounce_like && code.is_none() && enh.is_none() {
+        v.recipient = first.as_deref().and_then(first_address);
+    } else if !bounce_like && code.is_none() && enh.is_none() {
         v.kind = MessageKind::Unknown;
         return v;
+    } else {
+        v.reason = fallback_reason(code, enh.as_deref());
+        v.bounce_type = v.reason.default_type();
     }
-    v.reason = fallback_reason(code, enh.as_deref());
-    v.bounce_type = v.reason.default_type();
+    apply_stage(&mut v, smtp_stage(human), code);
     v
 }
 

@@ -144,7 +144,10 @@ impl FromStr for Reason {
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
-                format!("unknown reason `{s}` (expected one of {})", names.join(", "))
+                format!(
+                    "unknown reason `{s}` (expected one of {})",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -159,7 +162,11 @@ pub fn builtin_rules() -> &'static BounceRules {
 ///
 /// `code` is the basic reply code (e.g. 550), `enhanced` the RFC 3463 status (e.g.
 /// "5.1.1"), `text` the reply or diagnostic text.
-pub fn classify_reply(code: Option<u16>, enhanced: Option<&str>, text: &str) -> (BounceType, Reason) {
+pub fn classify_reply(
+    code: Option<u16>,
+    enhanced: Option<&str>,
+    text: &str,
+) -> (BounceType, Reason) {
     let c = builtin_rules().classify_reply(code, enhanced, text);
     (c.bounce_type, c.reason)
 }

@@ -248,7 +248,12 @@ impl BounceRules {
 
         let mut policies = HashMap::new();
         for (i, r) in raw.reason.into_iter().enumerate() {
-            let at = |key: &str| (key_line(text, "reason", i, key), format!("reason[{i}].{key}"));
+            let at = |key: &str| {
+                (
+                    key_line(text, "reason", i, key),
+                    format!("reason[{i}].{key}"),
+                )
+            };
             let reason: Reason = r.name.parse().map_err(|m| {
                 let (l, k) = at("name");
                 invalid(l, k, m)
@@ -286,19 +291,31 @@ impl BounceRules {
     }
 
     /// The first text rule matching, if any (no code fallback).
-    pub fn match_rule(&self, code: Option<u16>, enhanced: Option<&str>, text: &str) -> Option<&Rule> {
+    pub fn match_rule(
+        &self,
+        code: Option<u16>,
+        enhanced: Option<&str>,
+        text: &str,
+    ) -> Option<&Rule> {
         let text = normalize(text);
         self.rules.iter().find(|r| {
             (r.codes.is_empty() || r.codes.iter().any(|m| code_mask_matches(m, code, enhanced)))
                 && (r.enhanced.is_empty()
-                    || r.enhanced.iter().any(|m| enhanced_mask_matches(m, enhanced, code)))
+                    || r.enhanced
+                        .iter()
+                        .any(|m| enhanced_mask_matches(m, enhanced, code)))
                 && r.pattern.is_match(&text)
         })
     }
 
     /// Classifies one SMTP reply / diagnostic: text rules, then the enhanced status, then
     /// the basic code class.
-    pub fn classify_reply(&self, code: Option<u16>, enhanced: Option<&str>, text: &str) -> Classification {
+    pub fn classify_reply(
+        &self,
+        code: Option<u16>,
+        enhanced: Option<&str>,
+        text: &str,
+    ) -> Classification {
         if let Some(rule) = self.match_rule(code, enhanced, text) {
             return Classification {
                 bounce_type: rule.bounce_type,
@@ -320,8 +337,8 @@ pub fn fallback_reason(code: Option<u16>, enhanced: Option<&str>) -> Reason {
     if let Some(r) = enhanced.and_then(enhanced_reason) {
         return r;
     }
-    match code.map(|c| c / 100) {
-        Some(4) => Reason::Unreachable,
+    match code {
+        Some(400..=504) => Reason::Unreachable,
         _ => Reason::Unknown,
     }
 }
@@ -349,7 +366,9 @@ fn valid_code_mask(m: &str) -> bool {
     let b = m.as_bytes();
     b.len() == 3
         && matches!(b[0], b'2'..=b'5')
-        && b[1..].iter().all(|c| c.is_ascii_digit() || matches!(c, b'x' | b'X' | b'*'))
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || matches!(c, b'x' | b'X' | b'*'))
 }
 
 fn valid_enhanced_mask(m: &str) -> bool {
@@ -357,7 +376,8 @@ fn valid_enhanced_mask(m: &str) -> bool {
     parts.len() == 3
         && matches!(parts[0], "2" | "4" | "5")
         && parts[1..].iter().all(|p| {
-            matches!(*p, "*" | "x" | "X") || (!p.is_empty() && p.len() <= 3 && p.bytes().all(|c| c.is_ascii_digit()))
+            matches!(*p, "*" | "x" | "X")
+                || (!p.is_empty() && p.len() <= 3 && p.bytes().all(|c| c.is_ascii_digit()))
         })
 }
 
@@ -377,8 +397,7 @@ fn code_mask_matches(mask: &str, code: Option<u16>, enhanced: Option<&str>) -> b
         }
         None => {
             let class_only = m[1..].iter().all(|c| matches!(c, b'x' | b'X' | b'*'));
-            class_only
-                && enhanced.and_then(|e| e.as_bytes().first().copied()) == Some(m[0])
+            class_only && enhanced.and_then(|e| e.as_bytes().first().copied()) == Some(m[0])
         }
     }
 }
@@ -417,7 +436,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => 3_600,
         "d" => 86_400,
         "w" => 7 * 86_400,
-        _ => return Err(format!("invalid duration unit in `{s}` (use s, m, h, d or w)")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in `{s}` (use s, m, h, d or w)"
+            ))
+        }
     };
     Ok(Duration::from_secs(n.saturating_mul(mult)))
 }
@@ -425,7 +448,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Line (1-based) of byte offset `pos`.
 fn line_of(text: &str, pos: usize) -> usize {
     let pos = pos.min(text.len());
-    text.as_bytes()[..pos].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..pos]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 /// Line and key path of a TOML error span.
@@ -446,7 +473,12 @@ fn locate_span(text: &str, pos: usize, message: &str) -> (usize, String) {
         .split("unknown field `")
         .nth(1)
         .and_then(|r| r.split('`').next())
-        .or_else(|| message.split("missing field `").nth(1).and_then(|r| r.split('`').next()))
+        .or_else(|| {
+            message
+                .split("missing field `")
+                .nth(1)
+                .and_then(|r| r.split('`').next())
+        })
         .map(str::to_string)
         .or_else(|| {
             let l = text.lines().nth(line.saturating_sub(1))?;

@@ -18,7 +18,10 @@ const INVALID_DOMAIN: (BounceType, Reason) = (BounceType::Soft, Reason::InvalidD
 fn builtin_rules_parse() {
     let rules = BounceRules::from_str_at(BUILTIN_RULES, BUILTIN_PATH).unwrap();
     assert!(rules.rules().len() > 10);
-    assert_eq!(rules.policy(Reason::MailboxFull).release_after, Some(Duration::from_secs(30 * 86_400)));
+    assert_eq!(
+        rules.policy(Reason::MailboxFull).release_after,
+        Some(Duration::from_secs(30 * 86_400))
+    );
     assert_eq!(rules.policy(Reason::UserUnknown).quarantine_after, 1);
     assert_eq!(rules.policy(Reason::Refused).quarantine_after, 0);
     assert_eq!(rules.policy(Reason::Unknown).quarantine_after, 3);
@@ -44,9 +47,18 @@ fn basic_assertions() {
         classify("550 5.7.1 : Recipient address rejected: Inactive MailBox, not poped for more than 6 months"),
         (BounceType::Soft, Reason::InactiveMailbox)
     );
-    assert_eq!(classify("550 5.1.2 domain nomail.test does not exist (NXDOMAIN)"), INVALID_DOMAIN);
-    assert_eq!(classify("556 5.1.10 domain x accepts no mail (null MX, RFC 7505)"), INVALID_DOMAIN);
-    assert_eq!(classify("451 4.4.3 DNS lookup for x failed temporarily"), UNREACHABLE);
+    assert_eq!(
+        classify("550 5.1.2 domain nomail.test does not exist (NXDOMAIN)"),
+        INVALID_DOMAIN
+    );
+    assert_eq!(
+        classify("556 5.1.10 domain x accepts no mail (null MX, RFC 7505)"),
+        INVALID_DOMAIN
+    );
+    assert_eq!(
+        classify("451 4.4.3 DNS lookup for x failed temporarily"),
+        UNREACHABLE
+    );
     assert_eq!(
         classify("421 4.16.55 [TS01] Messages from 1.2.3.4 temporarily deferred due to excessive user complaints"),
         UNREACHABLE
@@ -64,10 +76,16 @@ fn gmail() {
 
 #[test]
 fn microsoft() {
-    assert_eq!(classify("550 5.5.0 Requested action not taken: mailbox unavailable"), HARD_UNKNOWN);
+    assert_eq!(
+        classify("550 5.5.0 Requested action not taken: mailbox unavailable"),
+        HARD_UNKNOWN
+    );
     assert_eq!(classify("550 5.7.606 Access denied, banned sending IP [1.2.3.4]. To request removal from this list please visit https://sender.office.com/"), REFUSED);
     assert_eq!(classify("550 SC-001 (S3140) Unfortunately, messages from 1.2.3.4 weren't sent. Please contact your Internet service provider since part of their network is on our block list."), REFUSED);
-    assert_eq!(classify("451 4.7.500 Server busy. Please try again later from [1.2.3.4]. (S77719)"), UNREACHABLE);
+    assert_eq!(
+        classify("451 4.7.500 Server busy. Please try again later from [1.2.3.4]. (S77719)"),
+        UNREACHABLE
+    );
 }
 
 #[test]
@@ -79,8 +97,14 @@ fn yahoo_aol() {
 
 #[test]
 fn icloud_gmx_orange() {
-    assert_eq!(classify("550 5.1.1 <x@icloud.com>: user does not exist"), HARD_UNKNOWN);
-    assert_eq!(classify("550 Requested action not taken: mailbox unavailable"), HARD_UNKNOWN);
+    assert_eq!(
+        classify("550 5.1.1 <x@icloud.com>: user does not exist"),
+        HARD_UNKNOWN
+    );
+    assert_eq!(
+        classify("550 Requested action not taken: mailbox unavailable"),
+        HARD_UNKNOWN
+    );
     assert_eq!(classify("554-Transaction failed\n554-Reject due to policy restrictions.\n554 For explanation visit https://postmaster.gmx.net/en/error-messages"), REFUSED);
     assert_eq!(classify("550 5.1.1 Adresse d au moins un destinataire invalide. Invalid recipient. OFR_416 [416]"), HARD_UNKNOWN);
     assert_eq!(classify("421 mwinf5c10 ME Service refuse. Veuillez essayer plus tard. Service refused, please try later. OFR_999 [999]"), UNREACHABLE);
@@ -105,21 +129,46 @@ fn fallbacks() {
     assert_eq!(r(Some(421), None), Reason::Unreachable);
     assert_eq!(r(Some(554), None), Reason::Unknown);
     assert_eq!(r(None, None), Reason::Unknown);
-    assert_eq!(rules.classify_reply(Some(550), Some("5.1.1"), "x").bounce_type, BounceType::Hard);
+    assert_eq!(
+        rules
+            .classify_reply(Some(550), Some("5.1.1"), "x")
+            .bounce_type,
+        BounceType::Hard
+    );
 }
 
 #[test]
 fn code_filters() {
     let text = "[[rule]]\nname = \"a\"\npattern = \"x\"\ncodes = [\"4xx\"]\ntype = \"soft\"\nreason = \"unreachable\"\n\n[[rule]]\nname = \"b\"\npattern = \"x\"\nenhanced = [\"5.7.*\"]\ntype = \"soft\"\nreason = \"refused\"\n";
     let rules = BounceRules::from_str_at(text, "t.toml").unwrap();
-    assert_eq!(rules.classify_reply(Some(451), None, "x").rule.as_deref(), Some("a"));
-    assert_eq!(rules.classify_reply(None, Some("4.7.1"), "x").rule.as_deref(), Some("a"));
-    assert_eq!(rules.classify_reply(Some(550), Some("5.7.1"), "x").rule.as_deref(), Some("b"));
-    assert_eq!(rules.classify_reply(Some(550), Some("5.1.1"), "x").rule, None);
+    assert_eq!(
+        rules.classify_reply(Some(451), None, "x").rule.as_deref(),
+        Some("a")
+    );
+    assert_eq!(
+        rules
+            .classify_reply(None, Some("4.7.1"), "x")
+            .rule
+            .as_deref(),
+        Some("a")
+    );
+    assert_eq!(
+        rules
+            .classify_reply(Some(550), Some("5.7.1"), "x")
+            .rule
+            .as_deref(),
+        Some("b")
+    );
+    assert_eq!(
+        rules.classify_reply(Some(550), Some("5.1.1"), "x").rule,
+        None
+    );
 }
 
 fn err(text: &str) -> String {
-    BounceRules::from_str_at(text, "rules/bounce-rules.toml").unwrap_err().to_string()
+    BounceRules::from_str_at(text, "rules/bounce-rules.toml")
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -129,32 +178,57 @@ fn errors_name_file_line_key() {
     };
     let bad_regex = format!("{}{}", rule("a", "x"), rule("b", "(unclosed"));
     let e = err(&bad_regex);
-    assert!(e.starts_with("rules/bounce-rules.toml:9: rule[1].pattern: invalid regex"), "{e}");
+    assert!(
+        e.starts_with("rules/bounce-rules.toml:9: rule[1].pattern: invalid regex"),
+        "{e}"
+    );
 
     let dup = format!("{}{}", rule("a", "x"), rule("a", "y"));
     let e = err(&dup);
-    assert!(e.starts_with("rules/bounce-rules.toml:8: rule[1].name: duplicate"), "{e}");
+    assert!(
+        e.starts_with("rules/bounce-rules.toml:8: rule[1].name: duplicate"),
+        "{e}"
+    );
 
     let bad_reason = rule("a", "x").replace("user_unknown", "nope");
     let e = err(&bad_reason);
-    assert!(e.starts_with("rules/bounce-rules.toml:5: rule[0].reason: unknown reason"), "{e}");
+    assert!(
+        e.starts_with("rules/bounce-rules.toml:5: rule[0].reason: unknown reason"),
+        "{e}"
+    );
 
     let bad_type = rule("a", "x").replace("\"hard\"", "\"medium\"");
     let e = err(&bad_type);
-    assert!(e.starts_with("rules/bounce-rules.toml:4: rule[0].type: unknown type"), "{e}");
+    assert!(
+        e.starts_with("rules/bounce-rules.toml:4: rule[0].type: unknown type"),
+        "{e}"
+    );
 
-    let unknown_key = format!("{}{}", rule("a", "x"), rule("b", "y").replace("type =", "colour = 1\ntype ="));
+    let unknown_key = format!(
+        "{}{}",
+        rule("a", "x"),
+        rule("b", "y").replace("type =", "colour = 1\ntype =")
+    );
     let e = err(&unknown_key);
-    assert!(e.starts_with("rules/bounce-rules.toml:10: rule[1].colour"), "{e}");
+    assert!(
+        e.starts_with("rules/bounce-rules.toml:10: rule[1].colour"),
+        "{e}"
+    );
     assert!(e.contains("unknown field"), "{e}");
 
     let bad_mask = rule("a", "x").replace("type =", "codes = [\"5x\"]\ntype =");
     let e = err(&bad_mask);
-    assert!(e.starts_with("rules/bounce-rules.toml:4: rule[0].codes"), "{e}");
+    assert!(
+        e.starts_with("rules/bounce-rules.toml:4: rule[0].codes"),
+        "{e}"
+    );
 
     let bad_duration = "[[reason]]\nname = \"mailbox_full\"\nrelease_after = \"30 parsecs\"\n";
     let e = err(bad_duration);
-    assert!(e.starts_with("rules/bounce-rules.toml:3: reason[0].release_after"), "{e}");
+    assert!(
+        e.starts_with("rules/bounce-rules.toml:3: reason[0].release_after"),
+        "{e}"
+    );
 
     let syntax = "[[rule]]\nname = \n";
     let e = err(syntax);
@@ -168,14 +242,22 @@ fn load_from_file() {
     let path = dir.join("r.toml");
     std::fs::write(&path, BUILTIN_RULES).unwrap();
     assert!(BounceRules::load(&path).is_ok());
-    let e = BounceRules::load(dir.join("missing.toml")).unwrap_err().to_string();
+    let e = BounceRules::load(dir.join("missing.toml"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("missing.toml"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn durations() {
-    assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86_400));
-    assert_eq!(parse_duration("12h").unwrap(), Duration::from_secs(12 * 3_600));
+    assert_eq!(
+        parse_duration("30d").unwrap(),
+        Duration::from_secs(30 * 86_400)
+    );
+    assert_eq!(
+        parse_duration("12h").unwrap(),
+        Duration::from_secs(12 * 3_600)
+    );
     assert!(parse_duration("d").is_err());
 }

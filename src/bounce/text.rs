@@ -51,7 +51,7 @@ pub fn extract_codes(text: &str) -> (Option<u16>, Option<String>) {
     );
     let basic = re(
         &BASIC,
-        r"(?m)(?:^[\s>]*|[:;(\[]\s*|said:\s*|<<<\s*|\bcode:?\s*|\berror\s*)([45]\d\d)(?:[ -]|\.?$)",
+        r"(?m)(?:^[\s>]*|[:;(\[]\s*|said:\s*|<<<\s*|\bcode:?\s*|\berror\s*)([45]\d\d)(?:[ ,-]|\.?$)",
     );
     let enh = re(
         &ENH,
@@ -78,7 +78,10 @@ pub fn first_address(text: &str) -> Option<String> {
     static ANGLE: OnceLock<Option<Regex>> = OnceLock::new();
     static BARE: OnceLock<Option<Regex>> = OnceLock::new();
     let angle = re(&ANGLE, r"<([^<>\s@]+@[A-Za-z0-9][A-Za-z0-9.-]*)>");
-    let bare = re(&BARE, r"([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)+)");
+    let bare = re(
+        &BARE,
+        r"([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)+)",
+    );
     angle
         .and_then(|r| r.captures(text))
         .or_else(|| bare.and_then(|r| r.captures(text)))
@@ -92,7 +95,11 @@ pub fn strip_addr_type(value: &str) -> String {
         Some((_, rest)) => rest,
         None => value,
     };
-    v.trim().trim_start_matches('<').trim_end_matches('>').trim().to_string()
+    v.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim()
+        .to_string()
 }
 
 /// Strips a diagnostic-type prefix ("smtp; 550 ...") from a Diagnostic-Code value.
@@ -102,7 +109,8 @@ pub fn strip_diag_type(value: &str) -> String {
         Some((t, rest))
             if !t.is_empty()
                 && t.len() <= 20
-                && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
         {
             rest.trim().to_string()
         }
@@ -157,7 +165,10 @@ mod tests {
             extract_codes("Remote host said: 552 mailbox full"),
             (Some(552), None)
         );
-        assert_eq!(extract_codes("#5.1.1 no such user"), (None, Some("5.1.1".into())));
+        assert_eq!(
+            extract_codes("#5.1.1 no such user"),
+            (None, Some("5.1.1".into()))
+        );
     }
 
     #[test]

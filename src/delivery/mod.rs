@@ -36,6 +36,7 @@ pub struct Ctx {
     /// MX addresses whose STARTTLS failed, until (clock ms).
     pub tls_broken: DashMap<IpAddr, u64>,
     pub connections: Arc<Semaphore>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Spawns a connection task for every request from the scheduler.
@@ -83,6 +84,14 @@ pub async fn run_resolver(
                     let ctx = ctx.clone();
                     tasks.spawn(async move {
                         let plan = ctx.dns.plan(&domain).await;
+                        let label = match &plan {
+                            Ok(_) => "ok",
+                            Err(crate::dns::DnsFailure::NoDomain(_)) => "nxdomain",
+                            Err(crate::dns::DnsFailure::NullMx(_)) => "null_mx",
+                            Err(crate::dns::DnsFailure::NoMailHost(_)) => "no_mail_host",
+                            Err(crate::dns::DnsFailure::Temporary(..)) => "temporary",
+                        };
+                        ctx.metrics.dns.with_label_values(&[label]).inc();
                         let failed = ctx.sched.resolved(&domain, &plan);
                         if let Err(f) = plan {
                             let (code, enh) = f.status();

@@ -65,12 +65,28 @@ fn short(a: &AttemptInfo) -> String {
 }
 
 impl Ctx {
+    fn count(&self, d: &Delivery, qid: Option<u64>, result: &str, final_outcome: bool, now: u64) {
+        let (rule, source) = self.sched.labels_of(qid);
+        let m = &self.metrics;
+        m.deliveries.with_label_values(&[&rule, result]).inc();
+        if let Some(s) = source {
+            if matches!(result, "delivered" | "deferred" | "bounced") {
+                m.source_deliveries.with_label_values(&[&s, result]).inc();
+            }
+        }
+        if final_outcome {
+            let secs = now.saturating_sub(d.created_ms) as f64 / 1000.0;
+            m.latency.with_label_values(&[result]).observe(secs);
+        }
+    }
+
     pub async fn delivered(&self, mut d: Delivery, a: AttemptInfo, qid: Option<u64>) {
         let now = self.clock.now_ms();
         record(&mut d, &a, now);
         if let Err(e) = self.spool.finish(&d, FinalState::Delivered).await {
             tracing::error!(id = %id_str(d.id), error = %e, "cannot record delivery");
         }
+        self.count(&d, qid, "delivered", true, now);
         self.events.emit(attempt_event("delivered", &d, &a, now));
         self.sched.settle(qid, Some(short(&a)));
     }
@@ -81,6 +97,7 @@ impl Ctx {
         if let Err(e) = self.spool.finish(&d, FinalState::Bounced).await {
             tracing::error!(id = %id_str(d.id), error = %e, "cannot record bounce");
         }
+        self.count(&d, qid, "bounced", true, now);
         self.events.emit(attempt_event("bounced", &d, &a, now));
         self.sched.settle(qid, Some(short(&a)));
     }
@@ -103,6 +120,7 @@ impl Ctx {
         if let Err(e) = self.spool.update(&d).await {
             tracing::error!(id = %id_str(d.id), error = %e, "cannot record deferral");
         }
+        self.count(&d, qid, "deferred", false, now);
         let mut ev = attempt_event("deferred", &d, &a, now);
         ev.next_attempt = Some(rfc3339(d.next_ms.min(d.expires_ms)));
         self.events.emit(ev);
@@ -115,6 +133,7 @@ impl Ctx {
         if let Err(e) = self.spool.finish(&d, FinalState::Expired).await {
             tracing::error!(id = %id_str(d.id), error = %e, "cannot record expiry");
         }
+        self.count(&d, qid, "expired", true, now);
         let mut ev = base_event("expired", &d, now);
         ev.attempt = Some(d.attempts);
         if let Some(last) = d.history.last() {

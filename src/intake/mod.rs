@@ -35,6 +35,8 @@ pub struct Submission {
     pub content: Vec<u8>,
     /// Take X-Sluice-* / x-job / x-virtual-mta headers out of the content (SMTP intake).
     pub strip_intake_headers: bool,
+    /// "http" or "smtp" (for metrics).
+    pub channel: &'static str,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -80,6 +82,7 @@ pub struct Intake {
     pub events: Events,
     pub verp: Verp,
     pub clock: Clock,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn clean_label(what: &str, v: Option<String>) -> Result<Option<String>, IntakeError> {
@@ -118,6 +121,30 @@ impl Intake {
 
     /// Validate, store durably, then queue. Returns only once the deliveries are fsynced.
     pub async fn submit(&self, sub: Submission) -> Result<Receipt, IntakeError> {
+        let channel = sub.channel;
+        let r = self.submit_inner(sub).await;
+        match &r {
+            Ok(receipt) => self
+                .metrics
+                .injected
+                .with_label_values(&[channel])
+                .inc_by(receipt.accepted as u64),
+            Err(e) => {
+                let reason = match e {
+                    IntakeError::Busy(_) => "busy",
+                    IntakeError::Spool(_) => "error",
+                    _ => "invalid",
+                };
+                self.metrics
+                    .intake_refused
+                    .with_label_values(&[reason])
+                    .inc();
+            }
+        }
+        r
+    }
+
+    async fn submit_inner(&self, sub: Submission) -> Result<Receipt, IntakeError> {
         let max_rcpt = self.cfg.intake.max_recipients;
         if sub.recipients.len() > max_rcpt {
             return Err(IntakeError::TooManyRecipients(

@@ -272,6 +272,7 @@ async fn finish_data(intake: &Intake, txn: &mut Txn) -> String {
             .collect(),
         content,
         strip_intake_headers: true,
+        channel: "smtp",
         ..Submission::default()
     };
     match intake.submit(sub).await {

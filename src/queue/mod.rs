@@ -138,6 +138,7 @@ pub struct Feeds {
 
 pub struct Scheduler {
     inner: Mutex<Inner>,
+    metrics: Arc<crate::metrics::Metrics>,
     wake: Notify,
     clock: Clock,
     conn_tx: mpsc::UnboundedSender<u64>,
@@ -158,7 +159,15 @@ impl Scheduler {
         rules: Arc<RuleSet>,
         level: Level,
         source_levels: HashMap<String, Level>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> (Arc<Scheduler>, Feeds) {
+        for r in &rules.rules {
+            metrics.init_rule(&r.name);
+        }
+        metrics.init_rule(crate::metrics::UNROUTED);
+        for s in &sources {
+            metrics.init_source(&s.name);
+        }
         let (conn_tx, connect) = mpsc::unbounded_channel();
         let (resolve_tx, resolve) = mpsc::unbounded_channel();
         let (expired_tx, expired) = mpsc::unbounded_channel();
@@ -188,6 +197,7 @@ impl Scheduler {
                 next_sweep: now + SWEEP_MS,
             }),
             wake: Notify::new(),
+            metrics,
             clock,
             conn_tx,
             resolve_tx,
@@ -297,6 +307,10 @@ impl Scheduler {
             }
             Ok(false) => {}
             Err(wait) => {
+                self.metrics
+                    .throttled
+                    .with_label_values(&[&rule.name])
+                    .inc();
                 if let Some(q) = g.queues.get_mut(&qid) {
                     q.throttled_until = Some(now + wait);
                 }
@@ -381,6 +395,10 @@ impl Scheduler {
                     return Next::Deliver(d);
                 }
                 Err(wait) => {
+                    self.metrics
+                        .throttled
+                        .with_label_values(&[&rule.name])
+                        .inc();
                     if let Some(q) = g.queues.get_mut(&qid) {
                         q.push(d, true);
                         q.throttled_until = Some(now + wait);
@@ -432,6 +450,20 @@ impl Scheduler {
             p.last_error = Some(r);
         }
         self.cleanup(&mut g, qid);
+    }
+
+    /// Rule and source name of a queue (for metrics and events).
+    pub fn labels_of(&self, qid: Option<u64>) -> (String, Option<String>) {
+        let g = self.lock();
+        let Some(q) = qid.and_then(|q| g.queues.get(&q)) else {
+            return (crate::metrics::UNROUTED.to_string(), None);
+        };
+        let rule = g
+            .paths
+            .get(&q.path)
+            .map(|p| p.rule.clone())
+            .unwrap_or_else(|| crate::metrics::UNROUTED.to_string());
+        (rule, g.sources.get(q.source).map(|s| s.name.clone()))
     }
 
     /// Record a successful delivery on the path (clears the last error).

@@ -261,7 +261,10 @@ impl Scheduler {
             let pool = d.pool.clone().unwrap_or_else(|| "default".into());
             let others = g.pools.get(&pool).is_some_and(|p| {
                 p.members.iter().any(|(s, _)| {
-                    *s != source && g.unreachable.get(&(*s, site.clone())).is_none_or(|u| *u <= now)
+                    *s != source
+                        && g.unreachable
+                            .get(&(*s, site.clone()))
+                            .is_none_or(|u| *u <= now)
                 })
             });
             if others {
@@ -349,6 +352,12 @@ impl Scheduler {
         };
         for id in ids {
             if let Some(p) = g.paths.get_mut(&id) {
+                let a = if action == BackoffAction::Suspend {
+                    "suspend"
+                } else {
+                    "backoff"
+                };
+                self.metrics.backoffs.with_label_values(&[&p.rule, a]).inc();
                 p.apply_backoff(action, factor, ms, step_ms, name, reason, now);
                 tracing::info!(path = %id, rule = %p.rule, action = ?action, reason, "path backs off");
             }

@@ -104,6 +104,39 @@ impl Scheduler {
         out
     }
 
+    /// Connections and connection limits summed per rule (for metrics).
+    pub fn rule_connections(&self) -> Vec<(String, u32, u32)> {
+        let g = self.lock();
+        let mut by: std::collections::BTreeMap<String, (u32, u32)> = Default::default();
+        for r in &g.rules.rules {
+            by.insert(r.name.clone(), (0, 0));
+        }
+        for p in g.paths.values() {
+            let rule = Self::rule_of(&g, &p.rule);
+            let level = Self::level_of(&g, p);
+            let e = by.entry(p.rule.clone()).or_default();
+            e.0 += p.connections;
+            if !p.queues.is_empty() {
+                e.1 += p.max_connections(&rule, level);
+            }
+        }
+        by.into_iter().map(|(k, (a, b))| (k, a, b)).collect()
+    }
+
+    /// Every source with its effective level.
+    pub fn source_levels(&self) -> Vec<(String, Level)> {
+        let g = self.lock();
+        g.sources
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    g.source_levels.get(&s.name).copied().unwrap_or(g.level),
+                )
+            })
+            .collect()
+    }
+
     /// Suspend (or resume) a path by hand.
     pub fn set_path_suspended(&self, id: &str, suspended: bool) -> bool {
         let now = self.clock.now_ms();
@@ -163,6 +196,9 @@ impl Scheduler {
             if let Some(r) = rules.rule(&p.rule) {
                 p.sync_rule(r);
             }
+        }
+        for r in &rules.rules {
+            self.metrics.init_rule(&r.name);
         }
         g.rules = rules;
         g.routes.clear();
