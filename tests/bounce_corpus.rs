@@ -50,16 +50,28 @@ fn bounce_corpus_accuracy() {
                     "{file} [{:?} status={:?} diag={:?}]",
                     v.kind,
                     v.status,
-                    v.diagnostic.as_deref().map(|d| d.chars().take(160).collect::<String>())
+                    v.diagnostic
+                        .as_deref()
+                        .map(|d| d.chars().take(160).collect::<String>())
                 ));
         }
     }
-    assert!(total > 0, "no labelled samples in {}", labels_path.display());
+    assert!(
+        total > 0,
+        "no labelled samples in {}",
+        labels_path.display()
+    );
     let reason_acc = reason_ok as f64 / total as f64;
     let type_acc = type_ok as f64 / total as f64;
     eprintln!("bounce corpus: {total} samples");
-    eprintln!("reason accuracy: {reason_ok}/{total} = {:.1} %", reason_acc * 100.0);
-    eprintln!("type accuracy:   {type_ok}/{total} = {:.1} %", type_acc * 100.0);
+    eprintln!(
+        "reason accuracy: {reason_ok}/{total} = {:.1} %",
+        reason_acc * 100.0
+    );
+    eprintln!(
+        "type accuracy:   {type_ok}/{total} = {:.1} %",
+        type_acc * 100.0
+    );
     eprintln!("confusion (expected -> got: count):");
     for ((want, got), files) in &confusion {
         eprintln!("  {want} -> {got}: {}", files.len());
