@@ -29,6 +29,57 @@ enum Cmd {
         #[command(subcommand)]
         cmd: VerpCmd,
     },
+    /// Queue and path status of the running engine (through its API).
+    Status {
+        #[arg(long, default_value = "sluice.toml")]
+        config: PathBuf,
+        /// Refresh every N seconds.
+        #[arg(long, num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
+    },
+    /// Show or set the throughput level (slow, normal, fast, very_fast, boost, custom).
+    Level {
+        level: Option<String>,
+        /// Only for this source (a new IP warms up while the others run at full level).
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long, default_value = "sluice.toml")]
+        config: PathBuf,
+    },
+    /// Rules of the running engine.
+    Rules {
+        #[command(subcommand)]
+        cmd: RulesCmd,
+    },
+    /// Bounce qualification tools.
+    Bounce {
+        #[command(subcommand)]
+        cmd: BounceCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCmd {
+    /// Reload the MX rules file (a file that does not validate is refused).
+    Reload {
+        #[arg(long, default_value = "sluice.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BounceCmd {
+    /// Qualify an SMTP reply text or a returned message: prints {"type","reason","status","recipient"}.
+    Classify {
+        /// The reply text, e.g. "550 5.1.1 <a@b.example>: user unknown".
+        text: Option<String>,
+        /// A returned message (DSN, ARF report, auto-reply, plain bounce).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Use the bounce rules of this config (default: the built-in rules if it is absent).
+        #[arg(long, default_value = "sluice.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -51,9 +102,84 @@ fn load(path: &std::path::Path) -> Result<Config> {
     }
 }
 
+fn api_call(
+    config: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let cfg = load(config)?;
+    let client = sluice::cli::ApiClient::from_config(&cfg);
+    let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+    let v = rt.block_on(client.call(method, path, body.as_ref()))?;
+    Ok(v)
+}
+
+fn bounce_rules(config: &std::path::Path) -> Result<sluice::bounce::BounceRules> {
+    if !config.exists() {
+        return Ok(sluice::bounce::BounceRules::builtin());
+    }
+    let cfg = load(config)?;
+    match &cfg.rules.bounce {
+        Some(p) => sluice::bounce::BounceRules::load(p).map_err(|e| anyhow::anyhow!("{e}")),
+        None => Ok(sluice::bounce::BounceRules::builtin()),
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Status { config, watch } => loop {
+            let v = api_call(&config, "GET", "/api/v1/status", None)?;
+            if watch.is_some() {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", sluice::cli::render_status(&v));
+            match watch {
+                Some(secs) => std::thread::sleep(std::time::Duration::from_secs(secs.max(1))),
+                None => return Ok(()),
+            }
+        },
+        Cmd::Level {
+            level,
+            source,
+            config,
+        } => {
+            let v = match level {
+                Some(l) => api_call(
+                    &config,
+                    "POST",
+                    "/api/v1/level",
+                    Some(serde_json::json!({"level": l, "source": source})),
+                )?,
+                None => api_call(&config, "GET", "/api/v1/level", None)?,
+            };
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Cmd::Rules {
+            cmd: RulesCmd::Reload { config },
+        } => {
+            let v = api_call(&config, "POST", "/api/v1/rules/reload", None)?;
+            println!("{v}");
+            Ok(())
+        }
+        Cmd::Bounce {
+            cmd: BounceCmd::Classify { text, file, config },
+        } => {
+            let rules = bounce_rules(&config)?;
+            let v = match (text, file) {
+                (_, Some(f)) => {
+                    let raw = std::fs::read(&f)
+                        .with_context(|| format!("cannot read {}", f.display()))?;
+                    sluice::bounce::classify_file_json(&raw, &rules)
+                }
+                (Some(t), None) => sluice::bounce::classify_text_json(&t, &rules),
+                (None, None) => bail!("give the reply text or --file MESSAGE.eml"),
+            };
+            println!("{v}");
+            Ok(())
+        }
         Cmd::Check { config } => {
             let cfg = load(&config)?;
             let rules = match sluice::engine::load_rules(&cfg) {
@@ -69,6 +195,16 @@ fn main() -> Result<()> {
                 rules.rules.len(),
                 rules.backoffs.len()
             );
+            match &cfg.rules.bounce {
+                Some(p) => match sluice::bounce::BounceRules::load(p) {
+                    Ok(b) => println!("{}: ok ({} bounce rules)", p.display(), b.rules().len()),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        bail!("bounce rules are invalid");
+                    }
+                },
+                None => println!("(built-in bounce rules)"),
+            }
             println!(
                 "{}: ok (hostname {}, http {}, smtp {}, spool {})",
                 config.display(),

@@ -86,3 +86,40 @@ fn verp_decode_verifies_the_signature() {
     ]);
     assert_ne!(code, 0);
 }
+
+#[test]
+fn bounce_classify_prints_type_and_reason() {
+    let (code, out, err) = sluice(&[
+        "bounce",
+        "classify",
+        "550 5.1.1 <x@y.example>: User is unknown",
+        "--config",
+        "/nonexistent.toml",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["type"], "hard");
+    assert_eq!(v["reason"], "user_unknown");
+    assert_eq!(v["status"], "5.1.1");
+    let (code, out, _) = sluice(&["bounce", "classify", "421 4.16.55 [TS01] Messages from 1.2.3.4 temporarily deferred due to excessive user complaints", "--config", "/nonexistent.toml"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["reason"].as_str()),
+        (Some("soft"), Some("unreachable"))
+    );
+    let corpus = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/bounce-corpus/samples/arf-01.eml"
+    );
+    let (code, out, err) = sluice(&[
+        "bounce",
+        "classify",
+        "--file",
+        corpus,
+        "--config",
+        "/nonexistent.toml",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"complaint\""), "{out}");
+}
