@@ -35,6 +35,16 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/rules/reload", post(reload))
         .route("/api/v1/paths/{id}/suspend", post(suspend_path))
         .route("/api/v1/paths/{id}/resume", post(resume_path))
+        .route(
+            "/api/v1/quarantine",
+            get(quarantine_list).post(quarantine_add),
+        )
+        .route("/api/v1/quarantine/export", get(quarantine_export))
+        .route("/api/v1/quarantine/import", post(quarantine_import))
+        .route(
+            "/api/v1/quarantine/{address}",
+            axum::routing::delete(quarantine_remove),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -268,6 +278,13 @@ async fn metrics(State(st): St) -> Response {
             .set((level.factor() * 100.0).round() as i64);
     }
     m.spool_bytes.set(i.spool.file_bytes() as i64);
+    m.quarantine.reset();
+    for r in crate::bounce::Reason::ALL {
+        m.quarantine.with_label_values(&[r.as_str()]).set(0);
+    }
+    for (reason, n) in i.quarantine.counts(i.clock.now_ms()) {
+        m.quarantine.with_label_values(&[&reason]).set(n as i64);
+    }
     if let Some(p) = i.spool.disk_used_percent() {
         m.spool_disk_percent.set(p.round() as i64);
     }
@@ -390,4 +407,111 @@ async fn pause(State(st): St) -> Response {
 async fn resume(State(st): St) -> Response {
     st.intake.sched.set_paused(false);
     Json(json!({"paused": false})).into_response()
+}
+
+#[derive(Deserialize)]
+struct QuarantineQuery {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn quarantine_list(
+    State(st): St,
+    axum::extract::Query(q): axum::extract::Query<QuarantineQuery>,
+) -> Response {
+    let now = st.intake.clock.now_ms();
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let list = st
+        .intake
+        .quarantine
+        .list(q.reason.as_deref(), q.after.as_deref(), limit, now);
+    let next = if list.len() == limit {
+        list.last().map(|e| e.address.clone())
+    } else {
+        None
+    };
+    let entries: Vec<Value> = list
+        .iter()
+        .map(|e| {
+            json!({"address": e.address, "tenant": e.tenant, "reason": e.reason, "type": e.bounce_type,
+                   "error_count": e.error_count,
+                   "first_error": crate::clock::rfc3339(e.first_error_ms),
+                   "last_error": crate::clock::rfc3339(e.last_error_ms),
+                   "quarantined_at": e.quarantined_at.map(crate::clock::rfc3339),
+                   "release_at": e.release_at.map(crate::clock::rfc3339),
+                   "last_response": e.last_response})
+        })
+        .collect();
+    Json(json!({"entries": entries, "next_after": next})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuarantineIn {
+    address: String,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+async fn quarantine_add(State(st): St, body: axum::body::Bytes) -> Response {
+    let req: QuarantineIn = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    let addr = match crate::intake::address::parse(&req.address) {
+        Ok(a) => a.as_string(),
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("address: {e}")),
+    };
+    let reason = req.reason.unwrap_or_else(|| "manual".into());
+    let now = st.intake.clock.now_ms();
+    match st
+        .intake
+        .quarantine
+        .add(req.tenant.as_deref(), &addr, &reason, now)
+        .await
+    {
+        Ok(()) => (
+            StatusCode::CREATED,
+            Json(json!({"address": addr, "reason": reason})),
+        )
+            .into_response(),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn quarantine_remove(State(st): St, Path(address): Path<String>) -> Response {
+    match st.intake.quarantine.remove(&address).await {
+        Ok(0) => err(
+            StatusCode::NOT_FOUND,
+            format!("{address} is not in quarantine"),
+        ),
+        Ok(n) => Json(json!({"address": address, "removed": n})).into_response(),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn quarantine_export(State(st): St) -> Response {
+    let now = st.intake.clock.now_ms();
+    (
+        [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+        st.intake.quarantine.export_csv(now),
+    )
+        .into_response()
+}
+
+async fn quarantine_import(State(st): St, body: axum::body::Bytes) -> Response {
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return err(StatusCode::BAD_REQUEST, "CSV must be UTF-8");
+    };
+    let now = st.intake.clock.now_ms();
+    match st.intake.quarantine.import_csv(text, now).await {
+        Ok((n, bad)) => Json(json!({"imported": n, "rejected": bad})).into_response(),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }

@@ -146,6 +146,9 @@ pub struct Listen {
     /// CIDRs allowed to relay through the SMTP listener.
     #[serde(default = "default_allow")]
     pub smtp_allow: Vec<String>,
+    /// Feedback MX: receives returned bounces and FBL reports for the VERP domain.
+    #[serde(default)]
+    pub bounce: Option<SocketAddr>,
 }
 
 fn default_http() -> SocketAddr {
@@ -164,6 +167,7 @@ impl Default for Listen {
             http: default_http(),
             smtp: default_smtp(),
             smtp_allow: default_allow(),
+            bounce: None,
         }
     }
 }
@@ -179,9 +183,10 @@ pub struct SpoolCfg {
     /// Intake stops when this many deliveries are queued.
     #[serde(default = "default_max_queued")]
     pub max_queued: u64,
-    /// How long finished deliveries stay queryable through the API.
-    #[serde(default = "default_keep_finished")]
-    pub keep_finished: Dur,
+    /// How long finished delivery records (without bodies) are kept, so the API can show
+    /// them and bounces returned days later are still linked.
+    #[serde(default = "default_keep_finished", alias = "keep_finished")]
+    pub retention: Dur,
 }
 
 fn default_spool_path() -> PathBuf {
@@ -203,7 +208,7 @@ impl Default for SpoolCfg {
             path: default_spool_path(),
             max_disk_percent: default_disk_pct(),
             max_queued: default_max_queued(),
-            keep_finished: default_keep_finished(),
+            retention: default_keep_finished(),
         }
     }
 }
@@ -312,6 +317,10 @@ pub struct VerpCfg {
     pub prefix: String,
     /// HMAC key that signs every VERP code.
     pub secret: String,
+    /// Address (local part or full address on `domain`) registered with providers'
+    /// feedback loops; the feedback listener accepts ARF reports for it.
+    #[serde(default)]
+    pub fbl_address: Option<String>,
 }
 
 fn default_prefix() -> String {

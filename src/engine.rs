@@ -1,6 +1,7 @@
 //! Wires the parts together: spool → scheduler → delivery, intake (HTTP, SMTP), events.
 
 use crate::api::{self, ApiState};
+use crate::bounce::{BounceRules, BounceRulesError};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::{self, Ctx};
@@ -8,6 +9,7 @@ use crate::dns::{DnsSetupError, Resolver};
 use crate::events::{Event, Events, EventsError};
 use crate::intake::{smtp, Intake};
 use crate::metrics::{Metrics, MetricsError};
+use crate::quarantine::Quarantine;
 use crate::queue::{Scheduler, Source};
 use crate::rules::{Level, RuleSet, RulesError};
 use crate::spool::{Spool, SpoolError};
@@ -33,6 +35,16 @@ pub enum EngineError {
     Rules(#[from] RulesError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error("bounce rules: {0}")]
+    BounceRules(#[from] BounceRulesError),
+}
+
+/// The bounce rules the config points at (or the built-in ones).
+pub fn load_bounce_rules(cfg: &Config) -> Result<BounceRules, BounceRulesError> {
+    match &cfg.rules.bounce {
+        Some(p) => BounceRules::load(p),
+        None => Ok(BounceRules::builtin()),
+    }
 }
 
 /// The MX rules the config points at (or the built-in ones).
@@ -89,10 +101,19 @@ pub fn reload_rules(cfg: &Config, sched: &Scheduler) -> Result<usize, RulesError
     Ok(n)
 }
 
+/// Reload the bounce rules into the quarantine; a file that does not validate is refused.
+pub fn reload_bounce_rules(cfg: &Config, q: &Quarantine) -> Result<usize, BounceRulesError> {
+    let rules = load_bounce_rules(cfg)?;
+    let n = rules.rules().len();
+    q.set_rules(Arc::new(rules));
+    Ok(n)
+}
+
 /// A running engine.
 pub struct Engine {
     http_addr: SocketAddr,
     smtp_addr: Option<SocketAddr>,
+    bounce_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     spool: Spool,
@@ -108,7 +129,7 @@ impl Engine {
         let spool = Spool::open(
             &cfg.spool.path,
             clock.clone(),
-            cfg.spool.keep_finished.0.as_millis() as u64,
+            cfg.spool.retention.0.as_millis() as u64,
         )?;
         let (events, _events_task) = Events::start(&cfg.events.path)?;
         let dns = Arc::new(Resolver::new(&cfg.dns)?);
@@ -133,6 +154,15 @@ impl Engine {
             }
         }
         let metrics = Arc::new(Metrics::new()?);
+        let bounce_rules = Arc::new(load_bounce_rules(&cfg)?);
+        let quarantine = Arc::new(Quarantine::open(spool.clone(), bounce_rules)?);
+        let mut tr = Vec::new();
+        for r in crate::bounce::Reason::ALL {
+            for t in ["hard", "soft", "ignored"] {
+                tr.push((t, r.as_str()));
+            }
+        }
+        metrics.init_bounce(&tr);
         let (sched, feeds) = Scheduler::new(
             clock.clone(),
             sources,
@@ -159,6 +189,15 @@ impl Engine {
             None => None,
         };
         let smtp_addr = smtp_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let bounce_listener = match cfg.listen.bounce {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|e| EngineError::Listen(a, e))?,
+            ),
+            None => None,
+        };
+        let bounce_addr = bounce_listener.as_ref().and_then(|l| l.local_addr().ok());
 
         // Recover what was queued before a stop or crash.
         let recovered = {
@@ -186,6 +225,7 @@ impl Engine {
             tls_broken: Default::default(),
             connections: Arc::new(Semaphore::new(cfg.delivery.max_connections as usize)),
             metrics: metrics.clone(),
+            quarantine: quarantine.clone(),
         });
         let intake = Arc::new(Intake {
             cfg: cfg.clone(),
@@ -195,6 +235,7 @@ impl Engine {
             verp: Verp::new(&cfg.verp.domain, &cfg.verp.prefix, &cfg.verp.secret),
             clock: clock.clone(),
             metrics: metrics.clone(),
+            quarantine: quarantine.clone(),
         });
 
         let mut tasks = vec![
@@ -216,10 +257,35 @@ impl Engine {
             shutdown_rx.clone(),
         )));
         if let Some(l) = smtp_listener {
-            tasks.push(tokio::spawn(smtp::run(
+            let handler = Arc::new(smtp::SubmissionHandler {
+                intake: intake.clone(),
+                allow: cfg.smtp_allow(),
+            });
+            tasks.push(tokio::spawn(crate::smtp_server::serve(
                 l,
-                intake.clone(),
-                cfg.smtp_allow(),
+                handler,
+                shutdown_rx.clone(),
+            )));
+        }
+        if let Some(l) = bounce_listener {
+            let fbl_local = cfg
+                .verp
+                .fbl_address
+                .as_ref()
+                .map(|a| a.split('@').next().unwrap_or(a).to_ascii_lowercase());
+            let handler = Arc::new(crate::feedback::FeedbackHandler {
+                hostname: cfg.hostname.clone(),
+                verp: Verp::new(&cfg.verp.domain, &cfg.verp.prefix, &cfg.verp.secret),
+                fbl_local,
+                spool: spool.clone(),
+                quarantine: quarantine.clone(),
+                events: events.clone(),
+                metrics: metrics.clone(),
+                clock: clock.clone(),
+            });
+            tasks.push(tokio::spawn(crate::smtp_server::serve(
+                l,
+                handler,
                 shutdown_rx.clone(),
             )));
         }
@@ -227,7 +293,12 @@ impl Engine {
             intake: intake.clone(),
             token: cfg.api.token.clone(),
         }));
-        let reload_ctx = (cfg.clone(), sched.clone(), metrics.clone());
+        let reload_ctx = (
+            cfg.clone(),
+            sched.clone(),
+            metrics.clone(),
+            quarantine.clone(),
+        );
         let mut hup_rx = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
             let Ok(mut hup) =
@@ -246,6 +317,16 @@ impl Engine {
                             Err(e) => {
                                 reload_ctx.2.reloads.with_label_values(&["mx", "refused"]).inc();
                                 tracing::error!(error = %e, "rules reload refused; the running rules stay")
+                            }
+                        }
+                        match reload_bounce_rules(&reload_ctx.0, &reload_ctx.3) {
+                            Ok(n) => {
+                                reload_ctx.2.reloads.with_label_values(&["bounce", "ok"]).inc();
+                                tracing::info!(rules = n, "bounce rules reloaded (SIGHUP)")
+                            }
+                            Err(e) => {
+                                reload_ctx.2.reloads.with_label_values(&["bounce", "refused"]).inc();
+                                tracing::error!(error = %e, "bounce rules reload refused; the running rules stay")
                             }
                         }
                     }
@@ -268,6 +349,7 @@ impl Engine {
         Ok(Engine {
             http_addr,
             smtp_addr,
+            bounce_addr,
             shutdown,
             tasks,
             spool,
@@ -282,6 +364,10 @@ impl Engine {
     }
     pub fn smtp_addr(&self) -> Option<SocketAddr> {
         self.smtp_addr
+    }
+    /// The feedback (bounce) listener, when configured.
+    pub fn bounce_addr(&self) -> Option<SocketAddr> {
+        self.bounce_addr
     }
     /// Deliveries recovered from the spool at start.
     pub fn recovered(&self) -> usize {

@@ -29,6 +29,14 @@ pub struct Event {
     pub response: Option<String>,
     pub attempt: Option<u32>,
     pub tls: Option<String>,
+    /// For deferred / bounced / expired: the qualification of the last reply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bounce_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bounce_reason: Option<String>,
+    /// For bounces: "smtp" (reply during delivery) or "returned" (bounce mail / FBL report).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bounce_source: Option<String>,
     /// For `deferred`: when the next attempt is due (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt: Option<String>,

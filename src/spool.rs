@@ -179,6 +179,12 @@ enum Op {
         record: Vec<u8>,
         reply: oneshot::Sender<Result<(), SpoolError>>,
     },
+    Kv {
+        table: &'static str,
+        key: String,
+        value: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<(), SpoolError>>,
+    },
 }
 
 /// Handle to the spool. Cheap to clone.
@@ -396,6 +402,50 @@ impl Spool {
         Ok(None)
     }
 
+    /// Durably set (or with `None` remove) a key of a named key-value table (group commit).
+    pub async fn kv_put(
+        &self,
+        table: &'static str,
+        key: String,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Kv {
+            table,
+            key,
+            value,
+            reply,
+        })?;
+        rx.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Every entry of a named key-value table (empty if it does not exist yet).
+    pub fn kv_scan(&self, table: &'static str) -> Result<Vec<(String, Vec<u8>)>, SpoolError> {
+        let tx = self.inner.db.begin_read()?;
+        let t = match tx.open_table(TableDefinition::<&str, &[u8]>::new(table)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// One key of a named key-value table.
+    pub fn kv_get(&self, table: &'static str, key: &str) -> Result<Option<Vec<u8>>, SpoolError> {
+        let tx = self.inner.db.begin_read()?;
+        let t = match tx.open_table(TableDefinition::<&str, &[u8]>::new(table)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
     /// A persisted engine setting (e.g. the throughput level).
     pub fn meta_get(&self, key: &str) -> Result<Option<String>, SpoolError> {
         let tx = self.inner.db.begin_read()?;
@@ -501,9 +551,10 @@ fn writer_loop(
         }
         for op in batch {
             let reply = match op {
-                Op::Inject { reply, .. } | Op::Update { reply, .. } | Op::Finish { reply, .. } => {
-                    reply
-                }
+                Op::Inject { reply, .. }
+                | Op::Update { reply, .. }
+                | Op::Finish { reply, .. }
+                | Op::Kv { reply, .. } => reply,
             };
             let r = match &result {
                 Ok(()) => Ok(()),
@@ -560,10 +611,27 @@ fn apply(db: &Database, batch: &[Op], prune_before: Option<u64>) -> Result<(), S
                         refs.insert(*body_id, left - 1)?;
                     }
                 }
+                Op::Kv { .. } => {}
             }
         }
         if let Some(cut) = prune_before {
             done.retain_in(..cut, |_, _| false)?;
+        }
+    }
+    for op in batch {
+        if let Op::Kv {
+            table, key, value, ..
+        } = op
+        {
+            let mut t = tx.open_table(TableDefinition::<&str, &[u8]>::new(table))?;
+            match value {
+                Some(v) => {
+                    t.insert(key.as_str(), v.as_slice())?;
+                }
+                None => {
+                    t.remove(key.as_str())?;
+                }
+            }
         }
     }
     tx.commit()?;

@@ -37,6 +37,7 @@ pub struct Ctx {
     pub tls_broken: DashMap<IpAddr, u64>,
     pub connections: Arc<Semaphore>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub quarantine: Arc<crate::quarantine::Quarantine>,
 }
 
 /// Spawns a connection task for every request from the scheduler.
@@ -336,6 +337,13 @@ async fn serve_host(
                 continue;
             }
         };
+        if let Some(reason) =
+            ctx.quarantine
+                .blocked(d.tenant.as_deref(), &d.recipient, ctx.clock.now_ms())
+        {
+            ctx.suppressed(d, &reason, Some(qid)).await;
+            continue;
+        }
         let body = match ctx.spool.body(d.body_id) {
             Ok(b) => b,
             Err(e) => {

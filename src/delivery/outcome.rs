@@ -2,8 +2,10 @@
 //! Each updates the spool, the queue counters and emits its event.
 
 use super::Ctx;
+use crate::bounce::{BounceType, Reason};
 use crate::clock::rfc3339;
 use crate::events::Event;
+use crate::quarantine::Effect;
 use crate::spool::{Attempt, Delivery, FinalState};
 use crate::verp::id_str;
 use rand::Rng;
@@ -80,9 +82,51 @@ impl Ctx {
         }
     }
 
+    /// Qualify a reply with the bounce rules.
+    fn qualify(&self, a: &AttemptInfo) -> (BounceType, Reason) {
+        let c = self
+            .quarantine
+            .rules()
+            .classify_reply(a.code, a.enhanced.as_deref(), &a.response);
+        (c.bounce_type, c.reason)
+    }
+
+    /// Feed a final failure to the quarantine (and the bounce metrics).
+    async fn final_failure(
+        &self,
+        d: &Delivery,
+        t: BounceType,
+        r: Reason,
+        response: &str,
+        now: u64,
+    ) {
+        self.metrics
+            .bounces
+            .with_label_values(&[t.as_str(), r.as_str()])
+            .inc();
+        match self
+            .quarantine
+            .record_failure(d.tenant.as_deref(), &d.recipient, t, r, response, now)
+            .await
+        {
+            Ok(Effect::Quarantined) => {
+                tracing::info!(recipient = %d.recipient, reason = r.as_str(), "address quarantined")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot record quarantine"),
+        }
+    }
+
     pub async fn delivered(&self, mut d: Delivery, a: AttemptInfo, qid: Option<u64>) {
         let now = self.clock.now_ms();
         record(&mut d, &a, now);
+        if let Err(e) = self
+            .quarantine
+            .record_success(d.tenant.as_deref(), &d.recipient)
+            .await
+        {
+            tracing::error!(error = %e, "cannot reset quarantine count");
+        }
         if let Err(e) = self.spool.finish(&d, FinalState::Delivered).await {
             tracing::error!(id = %id_str(d.id), error = %e, "cannot record delivery");
         }
@@ -98,7 +142,13 @@ impl Ctx {
             tracing::error!(id = %id_str(d.id), error = %e, "cannot record bounce");
         }
         self.count(&d, qid, "bounced", true, now);
-        self.events.emit(attempt_event("bounced", &d, &a, now));
+        let (t, r) = self.qualify(&a);
+        self.final_failure(&d, t, r, &a.response, now).await;
+        let mut ev = attempt_event("bounced", &d, &a, now);
+        ev.bounce_type = Some(t.as_str().into());
+        ev.bounce_reason = Some(r.as_str().into());
+        ev.bounce_source = Some("smtp".into());
+        self.events.emit(ev);
         self.sched.settle(qid, Some(short(&a)));
     }
 
@@ -121,7 +171,10 @@ impl Ctx {
             tracing::error!(id = %id_str(d.id), error = %e, "cannot record deferral");
         }
         self.count(&d, qid, "deferred", false, now);
+        let (t, r) = self.qualify(&a);
         let mut ev = attempt_event("deferred", &d, &a, now);
+        ev.bounce_type = Some(t.as_str().into());
+        ev.bounce_reason = Some(r.as_str().into());
         ev.next_attempt = Some(rfc3339(d.next_ms.min(d.expires_ms)));
         self.events.emit(ev);
         self.sched.add(d);
@@ -137,6 +190,16 @@ impl Ctx {
         let mut ev = base_event("expired", &d, now);
         ev.attempt = Some(d.attempts);
         if let Some(last) = d.history.last() {
+            let c = self.quarantine.rules().classify_reply(
+                last.code,
+                last.enhanced.as_deref(),
+                &last.response,
+            );
+            // an expiry is one failed delivery: it counts once toward the soft threshold
+            self.final_failure(&d, c.bounce_type, c.reason, &last.response, now)
+                .await;
+            ev.bounce_type = Some(c.bounce_type.as_str().into());
+            ev.bounce_reason = Some(c.reason.as_str().into());
             ev.code = last.code;
             ev.enhanced = last.enhanced.clone();
             ev.mx = last.mx.clone();
@@ -148,6 +211,23 @@ impl Ctx {
         } else {
             ev.response = Some("expired before any attempt".into());
         }
+        self.events.emit(ev);
+        self.sched.settle(qid, None);
+    }
+}
+
+impl Ctx {
+    /// The recipient is quarantined: drop the delivery with a `suppressed` event.
+    pub async fn suppressed(&self, d: Delivery, reason: &str, qid: Option<u64>) {
+        let now = self.clock.now_ms();
+        if let Err(e) = self.spool.finish(&d, FinalState::Suppressed).await {
+            tracing::error!(id = %id_str(d.id), error = %e, "cannot record suppression");
+        }
+        self.count(&d, qid, "suppressed", true, now);
+        let mut ev = base_event("suppressed", &d, now);
+        ev.attempt = Some(d.attempts);
+        ev.response = Some(format!("recipient is quarantined ({reason})"));
+        ev.bounce_reason = Some(reason.to_string());
         self.events.emit(ev);
         self.sched.settle(qid, None);
     }

@@ -83,6 +83,7 @@ pub struct Intake {
     pub verp: Verp,
     pub clock: Clock,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub quarantine: Arc<crate::quarantine::Quarantine>,
 }
 
 fn clean_label(what: &str, v: Option<String>) -> Result<Option<String>, IntakeError> {
@@ -99,6 +100,12 @@ fn clean_label(what: &str, v: Option<String>) -> Result<Option<String>, IntakeEr
 }
 
 impl Intake {
+    /// The quarantine reason of an address, if it must not be mailed.
+    pub fn quarantined(&self, tenant: Option<&str>, address: &str) -> Option<String> {
+        self.quarantine
+            .blocked(tenant, address, self.clock.now_ms())
+    }
+
     /// Is there room for `n` more deliveries? (back-pressure)
     pub fn check_capacity(&self, n: usize) -> Result<(), IntakeError> {
         let queued = self.sched.totals().queued;
@@ -192,6 +199,19 @@ impl Intake {
                 }
             }
             match address::parse(&r.email) {
+                Ok(a)
+                    if self
+                        .quarantined(tenant.as_deref(), &a.as_string())
+                        .is_some() =>
+                {
+                    let reason = self
+                        .quarantined(tenant.as_deref(), &a.as_string())
+                        .unwrap_or_default();
+                    rejected.push(RejectedRecipient {
+                        recipient: r.email,
+                        error: format!("address is quarantined ({reason})"),
+                    });
+                }
                 Ok(a) => {
                     let id = self.spool.next_id();
                     deliveries.push(Delivery {
