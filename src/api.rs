@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 pub struct ApiState {
     pub intake: Arc<Intake>,
+    pub ctx: Arc<crate::delivery::Ctx>,
     pub token: Option<String>,
 }
 
@@ -35,6 +36,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/rules/reload", post(reload))
         .route("/api/v1/paths/{id}/suspend", post(suspend_path))
         .route("/api/v1/paths/{id}/resume", post(resume_path))
+        .route("/api/v1/campaigns", get(campaigns))
+        .route(
+            "/api/v1/campaigns/{campaign}/{action}",
+            post(campaign_action),
+        )
+        .route("/api/v1/tenants/{tenant}/{action}", post(tenant_action))
         .route(
             "/api/v1/quarantine",
             get(quarantine_list).post(quarantine_add),
@@ -278,6 +285,13 @@ async fn metrics(State(st): St) -> Response {
             .set((level.factor() * 100.0).round() as i64);
     }
     m.spool_bytes.set(i.spool.file_bytes() as i64);
+    let mut by_state = [0i64; 3];
+    for c in i.campaigns.list() {
+        by_state[c.state as usize] += 1;
+    }
+    for (k, st) in ["active", "paused", "cancelled"].iter().enumerate() {
+        m.campaigns.with_label_values(&[st]).set(by_state[k]);
+    }
     m.quarantine.reset();
     for r in crate::bounce::Reason::ALL {
         m.quarantine.with_label_values(&[r.as_str()]).set(0);
@@ -514,4 +528,120 @@ async fn quarantine_import(State(st): St, body: axum::body::Bytes) -> Response {
         Ok((n, bad)) => Json(json!({"imported": n, "rejected": bad})).into_response(),
         Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+async fn campaigns(State(st): St) -> Response {
+    let c = &st.intake.campaigns;
+    let tenants: Vec<Value> = c
+        .tenant_states()
+        .into_iter()
+        .map(|(t, s, r)| json!({"tenant": t, "state": s, "reason": r}))
+        .collect();
+    Json(json!({"campaigns": c.list(), "tenants": tenants})).into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RateIn {
+    #[serde(default)]
+    messages_per_hour: Option<u64>,
+}
+
+async fn campaign_action(
+    State(st): St,
+    Path((campaign, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    use crate::campaign::State as CState;
+    let c = &st.intake.campaigns;
+    match action.as_str() {
+        "pause" => {
+            c.set_state(
+                &campaign,
+                CState::Paused,
+                Some("paused by an operator".into()),
+            )
+            .await;
+        }
+        "resume" => {
+            c.set_state(&campaign, CState::Active, None).await;
+            st.intake.sched.unpark(Some(&campaign));
+        }
+        "cancel" => {
+            c.set_state(
+                &campaign,
+                CState::Cancelled,
+                Some("cancelled by an operator".into()),
+            )
+            .await;
+            let taken = st
+                .intake
+                .sched
+                .take_matching(|d| d.campaign.as_deref() == Some(campaign.as_str()));
+            let n = taken.len();
+            for (d, qid) in taken {
+                st.ctx.cancelled(d, qid).await;
+            }
+            return Json(json!({"campaign": campaign, "state": "cancelled", "dropped": n}))
+                .into_response();
+        }
+        "rate" => {
+            let req: RateIn = if body.is_empty() {
+                RateIn::default()
+            } else {
+                match serde_json::from_slice(&body) {
+                    Ok(r) => r,
+                    Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+                }
+            };
+            if req.messages_per_hour == Some(0) {
+                return err(
+                    StatusCode::BAD_REQUEST,
+                    "messages_per_hour must be above zero (or null for no cap)",
+                );
+            }
+            c.set_rate_cap(&campaign, req.messages_per_hour).await;
+        }
+        other => {
+            return err(
+                StatusCode::NOT_FOUND,
+                format!("unknown action {other:?} (pause, resume, cancel, rate)"),
+            )
+        }
+    }
+    Json(json!(c.get(&campaign))).into_response()
+}
+
+async fn tenant_action(State(st): St, Path((tenant, action)): Path<(String, String)>) -> Response {
+    use crate::campaign::State as CState;
+    let c = &st.intake.campaigns;
+    let state = match action.as_str() {
+        "pause" => CState::Paused,
+        "resume" => CState::Active,
+        "cancel" => CState::Cancelled,
+        other => {
+            return err(
+                StatusCode::NOT_FOUND,
+                format!("unknown action {other:?} (pause, resume, cancel)"),
+            )
+        }
+    };
+    c.set_tenant_state(&tenant, state, Some(format!("{action} by an operator")))
+        .await;
+    let mut dropped = 0;
+    match state {
+        CState::Active => st.intake.sched.unpark(None),
+        CState::Cancelled => {
+            let taken = st
+                .intake
+                .sched
+                .take_matching(|d| d.tenant.as_deref() == Some(tenant.as_str()));
+            dropped = taken.len();
+            for (d, qid) in taken {
+                st.ctx.cancelled(d, qid).await;
+            }
+        }
+        CState::Paused => {}
+    }
+    Json(json!({"tenant": tenant, "state": state, "dropped": dropped})).into_response()
 }

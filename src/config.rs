@@ -119,6 +119,9 @@ pub struct Config {
     pub pools: Vec<PoolCfg>,
     #[serde(default)]
     pub rules: RulesCfg,
+    /// Campaign circuit breaker.
+    #[serde(default)]
+    pub campaigns: crate::campaign::BreakerCfg,
     /// Folder of the config file; relative paths were resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,

@@ -2,6 +2,7 @@
 
 use crate::api::{self, ApiState};
 use crate::bounce::{BounceRules, BounceRulesError};
+use crate::campaign::Campaigns;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::{self, Ctx};
@@ -156,6 +157,7 @@ impl Engine {
         let metrics = Arc::new(Metrics::new()?);
         let bounce_rules = Arc::new(load_bounce_rules(&cfg)?);
         let quarantine = Arc::new(Quarantine::open(spool.clone(), bounce_rules)?);
+        let campaigns = Arc::new(Campaigns::open(spool.clone(), cfg.campaigns.clone())?);
         let mut tr = Vec::new();
         for r in crate::bounce::Reason::ALL {
             for t in ["hard", "soft", "ignored"] {
@@ -171,6 +173,7 @@ impl Engine {
             level,
             source_levels,
             metrics.clone(),
+            campaigns.clone(),
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
 
@@ -213,6 +216,9 @@ impl Engine {
                 "recovered queued deliveries from the spool"
             );
         }
+        for d in &recovered {
+            campaigns.on_recovered(d.campaign.as_deref(), d.tenant.as_deref());
+        }
         sched.add_many(recovered);
 
         let ctx = Arc::new(Ctx {
@@ -226,6 +232,7 @@ impl Engine {
             connections: Arc::new(Semaphore::new(cfg.delivery.max_connections as usize)),
             metrics: metrics.clone(),
             quarantine: quarantine.clone(),
+            campaigns: campaigns.clone(),
         });
         let intake = Arc::new(Intake {
             cfg: cfg.clone(),
@@ -236,6 +243,7 @@ impl Engine {
             clock: clock.clone(),
             metrics: metrics.clone(),
             quarantine: quarantine.clone(),
+            campaigns: campaigns.clone(),
         });
 
         let mut tasks = vec![
@@ -282,6 +290,7 @@ impl Engine {
                 events: events.clone(),
                 metrics: metrics.clone(),
                 clock: clock.clone(),
+                campaigns: campaigns.clone(),
             });
             tasks.push(tokio::spawn(crate::smtp_server::serve(
                 l,
@@ -291,6 +300,7 @@ impl Engine {
         }
         let router = api::router(Arc::new(ApiState {
             intake: intake.clone(),
+            ctx: ctx.clone(),
             token: cfg.api.token.clone(),
         }));
         let reload_ctx = (

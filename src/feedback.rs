@@ -28,6 +28,7 @@ pub struct FeedbackHandler {
     pub events: Events,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
+    pub campaigns: Arc<crate::campaign::Campaigns>,
 }
 
 /// Largest returned message accepted (bounces carry the original, usually truncated).
@@ -107,6 +108,26 @@ impl FeedbackHandler {
         };
         fill(&mut ev, &verdict);
         self.events.emit(ev);
+        if let Some(d) = &delivery {
+            let complaint = r == crate::bounce::Reason::Complaint;
+            let hard = t == BounceType::Hard && !complaint;
+            let result = if complaint { "complaint" } else { "returned" };
+            if let Some(reason) = self
+                .campaigns
+                .on_outcome(d.campaign.as_deref(), result, hard, complaint)
+                .await
+            {
+                self.metrics.breaker_trips.inc();
+                self.events.emit(Event {
+                    ts: crate::clock::rfc3339(now),
+                    event: "campaign_paused".into(),
+                    campaign: d.campaign.clone(),
+                    tenant: d.tenant.clone(),
+                    message: Some(reason),
+                    ..Event::default()
+                });
+            }
+        }
         if let Some(addr) = recipient {
             let tenant = delivery.as_ref().and_then(|d| d.tenant.clone());
             let response = verdict.diagnostic.clone().unwrap_or_default();

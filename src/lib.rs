@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod bounce;
+pub mod campaign;
 pub mod cli;
 pub mod clock;
 pub mod config;

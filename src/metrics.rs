@@ -41,6 +41,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub sync_failures: IntCounterVec,
     pub intake_refused: IntCounterVec,
+    pub breaker_trips: prometheus::IntCounter,
+    pub campaigns: IntGaugeVec,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +105,12 @@ impl Metrics {
             reloads: counter("rule_reloads_total", "Rules reloads by rule set and result (ok, refused).", &["rules", "result"])?,
             sync_failures: counter("rule_sync_failures_total", "Failed remote rules syncs, by rule set.", &["rules"])?,
             intake_refused: counter("intake_refused_total", "Submissions refused at intake, by reason (invalid, busy, error).", &["reason"])?,
+            breaker_trips: {
+                let c = prometheus::IntCounter::new("campaign_breaker_trips_total", "Campaigns paused automatically by the circuit breaker.")?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            campaigns: gauge("campaigns", "Known campaigns by state (active, paused, cancelled).", &["state"])?,
             registry,
         };
         let build = IntGaugeVec::new(
@@ -130,6 +138,9 @@ impl Metrics {
         }
         for r in RESULTS {
             m.latency.with_label_values(&[r]);
+        }
+        for st in ["active", "paused", "cancelled"] {
+            m.campaigns.with_label_values(&[st]);
         }
         Ok(m)
     }

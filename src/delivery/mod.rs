@@ -38,6 +38,7 @@ pub struct Ctx {
     pub connections: Arc<Semaphore>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub quarantine: Arc<crate::quarantine::Quarantine>,
+    pub campaigns: Arc<crate::campaign::Campaigns>,
 }
 
 /// Spawns a connection task for every request from the scheduler.

@@ -67,6 +67,31 @@ fn short(a: &AttemptInfo) -> String {
 }
 
 impl Ctx {
+    /// Campaign counters and the circuit breaker.
+    async fn campaign(&self, d: &Delivery, result: &str, hard: bool, complaint: bool) {
+        if let Some(reason) = self
+            .campaigns
+            .on_outcome(d.campaign.as_deref(), result, hard, complaint)
+            .await
+        {
+            self.campaign_paused(d.campaign.as_deref(), d.tenant.as_deref(), &reason);
+        }
+    }
+
+    /// Announce an automatic campaign pause (circuit breaker).
+    pub fn campaign_paused(&self, campaign: Option<&str>, tenant: Option<&str>, reason: &str) {
+        tracing::warn!(campaign, reason, "campaign paused");
+        self.metrics.breaker_trips.inc();
+        self.events.emit(crate::events::Event {
+            ts: crate::clock::rfc3339(self.clock.now_ms()),
+            event: "campaign_paused".into(),
+            campaign: campaign.map(str::to_string),
+            tenant: tenant.map(str::to_string),
+            message: Some(reason.to_string()),
+            ..crate::events::Event::default()
+        });
+    }
+
     fn count(&self, d: &Delivery, qid: Option<u64>, result: &str, final_outcome: bool, now: u64) {
         let (rule, source) = self.sched.labels_of(qid);
         let m = &self.metrics;
@@ -131,6 +156,7 @@ impl Ctx {
             tracing::error!(id = %id_str(d.id), error = %e, "cannot record delivery");
         }
         self.count(&d, qid, "delivered", true, now);
+        self.campaign(&d, "delivered", false, false).await;
         self.events.emit(attempt_event("delivered", &d, &a, now));
         self.sched.settle(qid, Some(short(&a)));
     }
@@ -144,6 +170,8 @@ impl Ctx {
         self.count(&d, qid, "bounced", true, now);
         let (t, r) = self.qualify(&a);
         self.final_failure(&d, t, r, &a.response, now).await;
+        self.campaign(&d, "bounced", t == BounceType::Hard, r == Reason::Complaint)
+            .await;
         let mut ev = attempt_event("bounced", &d, &a, now);
         ev.bounce_type = Some(t.as_str().into());
         ev.bounce_reason = Some(r.as_str().into());
@@ -171,6 +199,7 @@ impl Ctx {
             tracing::error!(id = %id_str(d.id), error = %e, "cannot record deferral");
         }
         self.count(&d, qid, "deferred", false, now);
+        self.campaign(&d, "deferred", false, false).await;
         let (t, r) = self.qualify(&a);
         let mut ev = attempt_event("deferred", &d, &a, now);
         ev.bounce_type = Some(t.as_str().into());
@@ -187,6 +216,7 @@ impl Ctx {
             tracing::error!(id = %id_str(d.id), error = %e, "cannot record expiry");
         }
         self.count(&d, qid, "expired", true, now);
+        self.campaign(&d, "expired", false, false).await;
         let mut ev = base_event("expired", &d, now);
         ev.attempt = Some(d.attempts);
         if let Some(last) = d.history.last() {
@@ -224,10 +254,27 @@ impl Ctx {
             tracing::error!(id = %id_str(d.id), error = %e, "cannot record suppression");
         }
         self.count(&d, qid, "suppressed", true, now);
+        self.campaign(&d, "suppressed", false, false).await;
         let mut ev = base_event("suppressed", &d, now);
         ev.attempt = Some(d.attempts);
         ev.response = Some(format!("recipient is quarantined ({reason})"));
         ev.bounce_reason = Some(reason.to_string());
+        self.events.emit(ev);
+        self.sched.settle(qid, None);
+    }
+}
+
+impl Ctx {
+    /// The campaign (or tenant) was cancelled: drop the delivery with a `cancelled` event.
+    pub async fn cancelled(&self, d: Delivery, qid: Option<u64>) {
+        let now = self.clock.now_ms();
+        if let Err(e) = self.spool.finish(&d, FinalState::Cancelled).await {
+            tracing::error!(id = %id_str(d.id), error = %e, "cannot record cancellation");
+        }
+        self.count(&d, qid, "cancelled", true, now);
+        self.campaign(&d, "cancelled", false, false).await;
+        let mut ev = base_event("cancelled", &d, now);
+        ev.attempt = Some(d.attempts);
         self.events.emit(ev);
         self.sched.settle(qid, None);
     }

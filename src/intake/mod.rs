@@ -84,6 +84,7 @@ pub struct Intake {
     pub clock: Clock,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub quarantine: Arc<crate::quarantine::Quarantine>,
+    pub campaigns: Arc<crate::campaign::Campaigns>,
 }
 
 fn clean_label(what: &str, v: Option<String>) -> Result<Option<String>, IntakeError> {
@@ -173,6 +174,12 @@ impl Intake {
         let campaign = clean_label("campaign", sub.campaign.or(prepared.headers.campaign))?;
         let tenant = clean_label("tenant", sub.tenant.or(prepared.headers.tenant))?;
         let pool = clean_label("pool", sub.pool.or(prepared.headers.pool))?;
+        if let Err(e) = self
+            .campaigns
+            .accepts(campaign.as_deref(), tenant.as_deref())
+        {
+            return Err(IntakeError::Invalid(e));
+        }
         if let Some(p) = &pool {
             if !self.sched.has_pool(p) {
                 return Err(IntakeError::Invalid(format!("no pool named {p:?}")));
@@ -254,6 +261,11 @@ impl Intake {
         for d in &deliveries {
             self.events.emit(base_event("accepted", d, now));
         }
+        self.campaigns.on_accepted(
+            campaign.as_deref(),
+            tenant.as_deref(),
+            deliveries.len() as u64,
+        );
         self.sched.add_many(deliveries);
         Ok(Receipt {
             accepted: messages.len(),

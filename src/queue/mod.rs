@@ -80,6 +80,8 @@ impl Queue {
 enum Wake {
     Queue(u64),
     Path(String),
+    /// A campaign's rate cap allows its parked deliveries again.
+    Unpark(String),
 }
 
 struct Inner {
@@ -93,6 +95,9 @@ struct Inner {
     routes: HashMap<String, Route>,
     pending: HashMap<String, Vec<Delivery>>,
     pending_count: u64,
+    /// Deliveries of paused (or rate-capped) campaigns, by campaign.
+    parked: HashMap<String, Vec<Delivery>>,
+    parked_count: u64,
     unreachable: HashMap<(usize, String), u64>,
     pools: HashMap<String, Pool>,
     sources: Vec<Source>,
@@ -139,6 +144,7 @@ pub struct Feeds {
 pub struct Scheduler {
     inner: Mutex<Inner>,
     metrics: Arc<crate::metrics::Metrics>,
+    campaigns: Arc<crate::campaign::Campaigns>,
     wake: Notify,
     clock: Clock,
     conn_tx: mpsc::UnboundedSender<u64>,
@@ -160,6 +166,7 @@ impl Scheduler {
         level: Level,
         source_levels: HashMap<String, Level>,
         metrics: Arc<crate::metrics::Metrics>,
+        campaigns: Arc<crate::campaign::Campaigns>,
     ) -> (Arc<Scheduler>, Feeds) {
         for r in &rules.rules {
             metrics.init_rule(&r.name);
@@ -185,6 +192,8 @@ impl Scheduler {
                 routes: HashMap::new(),
                 pending: HashMap::new(),
                 pending_count: 0,
+                parked: HashMap::new(),
+                parked_count: 0,
                 unreachable: HashMap::new(),
                 pools,
                 sources,
@@ -198,6 +207,7 @@ impl Scheduler {
             }),
             wake: Notify::new(),
             metrics,
+            campaigns,
             clock,
             conn_tx,
             resolve_tx,
@@ -380,6 +390,23 @@ impl Scheduler {
                 g.ready -= 1;
                 g.in_flight += 1;
                 let _ = self.expired_tx.send((d, Some(qid)));
+                continue;
+            }
+            let campaign = d.campaign.as_deref();
+            let wait = if self.campaigns.held(campaign, d.tenant.as_deref()) {
+                Some(None)
+            } else {
+                self.campaigns.take_token(campaign, now).err().map(Some)
+            };
+            if let Some(wait) = wait {
+                // paused or over its rate cap: the delivery waits aside, the queue goes on
+                g.ready -= 1;
+                g.parked_count += 1;
+                let k = crate::campaign::key(campaign);
+                g.parked.entry(k.clone()).or_default().push(d);
+                if let Some(ms) = wait {
+                    self.schedule(&mut g, now + ms, Wake::Unpark(k));
+                }
                 continue;
             }
             let Some(path) = g.paths.get_mut(&path_id) else {
@@ -567,6 +594,7 @@ impl Scheduler {
                         }
                         self.maybe_connect(&mut g, qid, now);
                     }
+                    Wake::Unpark(k) => self.unpark_locked(&mut g, &k, now),
                     Wake::Path(id) => {
                         let next = g.paths.get_mut(&id).and_then(|p| p.step_backoff(now));
                         if let Some(t) = next {
@@ -589,9 +617,90 @@ impl Scheduler {
         }
     }
 
-    /// Expire deliveries waiting in ready queues (throttled or suspended paths), and forget
-    /// stale routes and unreachable marks.
+    fn unpark_locked(&self, g: &mut Inner, k: &str, now: u64) {
+        let list = g.parked.remove(k).unwrap_or_default();
+        g.parked_count -= list.len() as u64;
+        for d in list {
+            self.route(g, d, now);
+        }
+    }
+
+    /// Let the parked deliveries of a campaign (or of every campaign) go again.
+    pub fn unpark(&self, campaign: Option<&str>) {
+        let now = self.clock.now_ms();
+        let mut g = self.lock();
+        let keys: Vec<String> = match campaign {
+            Some(c) => vec![c.to_string()],
+            None => g.parked.keys().cloned().collect(),
+        };
+        for k in keys {
+            self.unpark_locked(&mut g, &k, now);
+        }
+    }
+
+    /// Take every held delivery matching `pred` (timer, DNS wait, queues, parked) — used
+    /// to cancel a campaign. They are counted in flight until settled.
+    pub fn take_matching(&self, pred: impl Fn(&Delivery) -> bool) -> Vec<(Delivery, Option<u64>)> {
+        let mut g = self.lock();
+        let mut out = Vec::new();
+        let keys: Vec<(u64, u64)> = g
+            .timer
+            .iter()
+            .filter(|(_, d)| pred(d))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if let Some(d) = g.timer.remove(&k) {
+                out.push((d, None));
+            }
+        }
+        let mut n_pending = 0;
+        for list in g.pending.values_mut() {
+            let (take, keep): (Vec<_>, Vec<_>) = list.drain(..).partition(|d| pred(d));
+            *list = keep;
+            n_pending += take.len() as u64;
+            out.extend(take.into_iter().map(|d| (d, None)));
+        }
+        g.pending_count -= n_pending;
+        let mut n_parked = 0;
+        for list in g.parked.values_mut() {
+            let (take, keep): (Vec<_>, Vec<_>) = list.drain(..).partition(|d| pred(d));
+            *list = keep;
+            n_parked += take.len() as u64;
+            out.extend(take.into_iter().map(|d| (d, None)));
+        }
+        g.parked_count -= n_parked;
+        let mut n_ready = 0u64;
+        for (qid, q) in g.queues.iter_mut() {
+            for lane in [&mut q.transactional, &mut q.bulk] {
+                let (take, keep): (VecDeque<_>, VecDeque<_>) =
+                    lane.drain(..).partition(|d| pred(d));
+                *lane = keep;
+                q.in_flight += take.len() as u32;
+                n_ready += take.len() as u64;
+                out.extend(take.into_iter().map(|d| (d, Some(*qid))));
+            }
+        }
+        g.ready -= n_ready;
+        g.in_flight += out.len() as u64;
+        out
+    }
+
+    /// Expire deliveries waiting in ready queues (throttled or suspended paths) or parked
+    /// (paused campaigns), and forget stale routes and unreachable marks.
     fn sweep(&self, g: &mut Inner, now: u64) {
+        let mut expired_parked = Vec::new();
+        for list in g.parked.values_mut() {
+            let (exp, keep): (Vec<_>, Vec<_>) = list.drain(..).partition(|d| d.expires_ms <= now);
+            *list = keep;
+            expired_parked.extend(exp);
+        }
+        g.parked.retain(|_, l| !l.is_empty());
+        g.parked_count -= expired_parked.len() as u64;
+        g.in_flight += expired_parked.len() as u64;
+        for d in expired_parked {
+            let _ = self.expired_tx.send((d, None));
+        }
         let qids: Vec<u64> = g.queues.keys().copied().collect();
         for qid in qids {
             let Some(q) = g.queues.get_mut(&qid) else {

@@ -17,6 +17,8 @@ pub struct Totals {
     pub waiting: u64,
     /// Waiting for their domain's MX resolution.
     pub resolving: u64,
+    /// Held because their campaign or tenant is paused (or over its rate cap).
+    pub parked: u64,
     pub ready: u64,
     pub in_flight: u64,
     pub paths: u64,
@@ -49,9 +51,10 @@ impl Scheduler {
         let g = self.lock();
         let waiting = g.timer.len() as u64;
         Totals {
-            queued: waiting + g.pending_count + g.ready + g.in_flight,
+            queued: waiting + g.pending_count + g.parked_count + g.ready + g.in_flight,
             waiting,
             resolving: g.pending_count,
+            parked: g.parked_count,
             ready: g.ready,
             in_flight: g.in_flight,
             paths: g.paths.len() as u64,

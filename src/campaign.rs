@@ -1,0 +1,334 @@
+//! Campaign controls: per-campaign (and per-tenant) pause / resume / cancel, an optional
+//! per-campaign rate cap, live counts, and the circuit breaker that pauses a campaign whose
+//! hard-bounce or complaint ratio shows a bought or stale list.
+//!
+//! States (paused, cancelled, rate caps) are persisted in the spool and survive restarts;
+//! the counters are kept in memory (they restart at zero, the queued count is rebuilt).
+
+use crate::spool::Spool;
+use crate::throttle::Gcra;
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
+
+const TABLE: &str = "campaigns";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    #[default]
+    Active,
+    Paused,
+    Cancelled,
+}
+
+/// Circuit-breaker thresholds (`[campaigns]` in sluice.toml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerCfg {
+    #[serde(default = "yes")]
+    pub breaker: bool,
+    /// The breaker judges a campaign after this many final outcomes.
+    #[serde(default = "default_min")]
+    pub breaker_min_deliveries: u64,
+    #[serde(default = "default_hard")]
+    pub max_hard_bounce_ratio: f64,
+    #[serde(default = "default_complaints")]
+    pub max_complaint_ratio: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_min() -> u64 {
+    200
+}
+fn default_hard() -> f64 {
+    0.10
+}
+fn default_complaints() -> f64 {
+    0.003
+}
+
+impl Default for BreakerCfg {
+    fn default() -> Self {
+        BreakerCfg {
+            breaker: true,
+            breaker_min_deliveries: default_min(),
+            max_hard_bounce_ratio: default_hard(),
+            max_complaint_ratio: default_complaints(),
+        }
+    }
+}
+
+/// Persisted part of a campaign or tenant.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+struct Saved {
+    state: State,
+    reason: Option<String>,
+    rate_cap: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct CampaignStats {
+    pub campaign: String,
+    pub tenant: Option<String>,
+    pub state: State,
+    pub reason: Option<String>,
+    pub rate_cap_per_hour: Option<u64>,
+    pub accepted: u64,
+    pub queued: u64,
+    pub delivered: u64,
+    pub deferred: u64,
+    pub bounced: u64,
+    pub hard_bounces: u64,
+    pub complaints: u64,
+    pub expired: u64,
+    pub suppressed: u64,
+    pub cancelled: u64,
+}
+
+pub struct Campaigns {
+    spool: Spool,
+    stats: DashMap<String, CampaignStats>,
+    tenants: DashMap<String, Saved>,
+    buckets: Mutex<std::collections::HashMap<String, Gcra>>,
+    cfg: BreakerCfg,
+}
+
+/// Key of a campaign ("" when none was given).
+pub fn key(campaign: Option<&str>) -> String {
+    campaign.unwrap_or("").to_string()
+}
+
+impl Campaigns {
+    pub fn open(spool: Spool, cfg: BreakerCfg) -> Result<Campaigns, crate::spool::SpoolError> {
+        let c = Campaigns {
+            spool,
+            stats: DashMap::new(),
+            tenants: DashMap::new(),
+            buckets: Mutex::new(Default::default()),
+            cfg,
+        };
+        for (k, v) in c.spool.kv_scan(TABLE)? {
+            let Ok(saved) = serde_json::from_slice::<Saved>(&v) else {
+                continue;
+            };
+            if let Some(t) = k.strip_prefix("tenant:") {
+                c.tenants.insert(t.to_string(), saved);
+            } else if let Some(name) = k.strip_prefix("campaign:") {
+                let mut s = c.stats.entry(name.to_string()).or_default();
+                s.campaign = name.to_string();
+                s.state = saved.state;
+                s.reason = saved.reason;
+                s.rate_cap_per_hour = saved.rate_cap;
+            }
+        }
+        Ok(c)
+    }
+
+    async fn persist(&self, k: String, saved: &Saved) {
+        let bytes = serde_json::to_vec(saved).ok();
+        if let Err(e) = self.spool.kv_put(TABLE, k, bytes).await {
+            tracing::error!(error = %e, "cannot persist campaign state");
+        }
+    }
+
+    fn saved_of(s: &CampaignStats) -> Saved {
+        Saved {
+            state: s.state,
+            reason: s.reason.clone(),
+            rate_cap: s.rate_cap_per_hour,
+        }
+    }
+
+    /// Is a new injection into this campaign allowed?
+    pub fn accepts(&self, campaign: Option<&str>, tenant: Option<&str>) -> Result<(), String> {
+        if let Some(s) = self.stats.get(&key(campaign)) {
+            if s.state == State::Cancelled {
+                return Err(format!("campaign {:?} was cancelled", s.campaign));
+            }
+        }
+        if let Some(t) = tenant.and_then(|t| self.tenants.get(t)) {
+            if t.state == State::Cancelled {
+                return Err(format!("tenant {:?} was cancelled", tenant.unwrap_or("")));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn on_accepted(&self, campaign: Option<&str>, tenant: Option<&str>, n: u64) {
+        let mut s = self.stats.entry(key(campaign)).or_default();
+        s.campaign = key(campaign);
+        if s.tenant.is_none() {
+            s.tenant = tenant.map(str::to_string);
+        }
+        s.accepted += n;
+        s.queued += n;
+    }
+
+    /// Deliveries recovered from the spool at start count as queued.
+    pub fn on_recovered(&self, campaign: Option<&str>, tenant: Option<&str>) {
+        let mut s = self.stats.entry(key(campaign)).or_default();
+        s.campaign = key(campaign);
+        if s.tenant.is_none() {
+            s.tenant = tenant.map(str::to_string);
+        }
+        s.queued += 1;
+    }
+
+    /// Count an outcome. Returns a reason when the circuit breaker trips (the campaign is
+    /// then paused).
+    pub async fn on_outcome(
+        &self,
+        campaign: Option<&str>,
+        result: &str,
+        hard: bool,
+        complaint: bool,
+    ) -> Option<String> {
+        let k = key(campaign);
+        let trip = {
+            let mut s = self.stats.entry(k.clone()).or_default();
+            s.campaign = k.clone();
+            let final_outcome = matches!(
+                result,
+                "delivered" | "bounced" | "expired" | "suppressed" | "cancelled"
+            );
+            if final_outcome {
+                s.queued = s.queued.saturating_sub(1);
+            }
+            match result {
+                "delivered" => s.delivered += 1,
+                "deferred" => s.deferred += 1,
+                "bounced" | "returned" => s.bounced += 1,
+                "expired" => s.expired += 1,
+                "suppressed" => s.suppressed += 1,
+                "cancelled" => s.cancelled += 1,
+                _ => {}
+            }
+            if hard {
+                s.hard_bounces += 1;
+            }
+            if complaint {
+                s.complaints += 1;
+            }
+            let done = s.delivered + s.bounced + s.expired;
+            if self.cfg.breaker
+                && s.state == State::Active
+                && !k.is_empty()
+                && done >= self.cfg.breaker_min_deliveries
+            {
+                let hard_ratio = s.hard_bounces as f64 / done as f64;
+                let complaint_ratio = s.complaints as f64 / done as f64;
+                if hard_ratio > self.cfg.max_hard_bounce_ratio {
+                    Some(format!(
+                        "circuit breaker: hard-bounce ratio {:.1} % over {} deliveries (limit {:.1} %)",
+                        hard_ratio * 100.0,
+                        done,
+                        self.cfg.max_hard_bounce_ratio * 100.0
+                    ))
+                } else if complaint_ratio > self.cfg.max_complaint_ratio {
+                    Some(format!(
+                        "circuit breaker: complaint ratio {:.2} % over {} deliveries (limit {:.2} %)",
+                        complaint_ratio * 100.0,
+                        done,
+                        self.cfg.max_complaint_ratio * 100.0
+                    ))
+                } else {
+                    None
+                }
+            } else {
+                None
+            }
+        };
+        if let Some(reason) = &trip {
+            self.set_state(&k, State::Paused, Some(reason.clone()))
+                .await;
+        }
+        trip
+    }
+
+    /// A late complaint (ARF report) for a campaign.
+    pub async fn on_complaint(&self, campaign: Option<&str>) -> Option<String> {
+        self.on_outcome(campaign, "complaint", false, true).await
+    }
+
+    pub async fn set_state(&self, campaign: &str, state: State, reason: Option<String>) {
+        let saved = {
+            let mut s = self.stats.entry(campaign.to_string()).or_default();
+            s.campaign = campaign.to_string();
+            s.state = state;
+            s.reason = reason;
+            Self::saved_of(&s)
+        };
+        self.persist(format!("campaign:{campaign}"), &saved).await;
+    }
+
+    pub async fn set_tenant_state(&self, tenant: &str, state: State, reason: Option<String>) {
+        let saved = {
+            let mut t = self.tenants.entry(tenant.to_string()).or_default();
+            t.state = state;
+            t.reason = reason;
+            t.clone()
+        };
+        self.persist(format!("tenant:{tenant}"), &saved).await;
+    }
+
+    pub async fn set_rate_cap(&self, campaign: &str, per_hour: Option<u64>) {
+        let saved = {
+            let mut s = self.stats.entry(campaign.to_string()).or_default();
+            s.campaign = campaign.to_string();
+            s.rate_cap_per_hour = per_hour;
+            Self::saved_of(&s)
+        };
+        if let Ok(mut b) = self.buckets.lock() {
+            b.remove(campaign);
+        }
+        self.persist(format!("campaign:{campaign}"), &saved).await;
+    }
+
+    /// Must a delivery of this campaign / tenant wait (paused or cancelled)?
+    pub fn held(&self, campaign: Option<&str>, tenant: Option<&str>) -> bool {
+        let c = self
+            .stats
+            .get(&key(campaign))
+            .is_some_and(|s| s.state != State::Active);
+        c || tenant
+            .and_then(|t| self.tenants.get(t))
+            .is_some_and(|t| t.state != State::Active)
+    }
+
+    /// Take a token of the campaign's rate cap; `Err(wait_ms)` when over it.
+    pub fn take_token(&self, campaign: Option<&str>, now: u64) -> Result<(), u64> {
+        let k = key(campaign);
+        let Some(cap) = self.stats.get(&k).and_then(|s| s.rate_cap_per_hour) else {
+            return Ok(());
+        };
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        b.entry(k)
+            .or_insert_with(|| {
+                Gcra::per_hour(cap as f64, crate::throttle::hourly_burst(cap as f64))
+            })
+            .check(now)
+    }
+
+    pub fn get(&self, campaign: &str) -> Option<CampaignStats> {
+        self.stats.get(campaign).map(|s| s.clone())
+    }
+
+    pub fn list(&self) -> Vec<CampaignStats> {
+        let mut v: Vec<CampaignStats> = self.stats.iter().map(|s| s.value().clone()).collect();
+        v.sort_by(|a, b| a.campaign.cmp(&b.campaign));
+        v
+    }
+
+    pub fn tenant_states(&self) -> Vec<(String, State, Option<String>)> {
+        let mut v: Vec<_> = self
+            .tenants
+            .iter()
+            .map(|t| (t.key().clone(), t.value().state, t.value().reason.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
