@@ -18,6 +18,9 @@ enum Cmd {
     Run {
         #[arg(long, default_value = "sluice.toml")]
         config: PathBuf,
+        /// Log format on stderr: human or json.
+        #[arg(long, default_value = "human", value_parser = ["human", "json"])]
+        log_format: String,
     },
     /// Validate the config (and rules); exits non-zero with file, line and key of each error.
     Check {
@@ -55,6 +58,61 @@ enum Cmd {
     Bounce {
         #[command(subcommand)]
         cmd: BounceCmd,
+    },
+    /// Quarantined addresses of the running engine.
+    Quarantine {
+        #[command(subcommand)]
+        cmd: QuarantineCmd,
+        #[arg(long, default_value = "sluice.toml", global = true)]
+        config: PathBuf,
+    },
+    /// Campaigns of the running engine: list, pause, resume, cancel, rate cap.
+    Campaign {
+        #[command(subcommand)]
+        cmd: CampaignCmd,
+        #[arg(long, default_value = "sluice.toml", global = true)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCmd {
+    /// List quarantined addresses.
+    List {
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Page: addresses after this one.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Release an address.
+    Remove { address: String },
+    /// Add addresses from a CSV file (address[,tenant[,reason]] per line).
+    Import { file: PathBuf },
+    /// Write the quarantine as CSV (to a file, or stdout).
+    Export { file: Option<PathBuf> },
+}
+
+#[derive(Subcommand)]
+enum CampaignCmd {
+    /// Campaigns with state and counts.
+    List,
+    Pause {
+        campaign: String,
+    },
+    Resume {
+        campaign: String,
+    },
+    /// Drop the campaign's queued deliveries (each gets a `cancelled` event).
+    Cancel {
+        campaign: String,
+    },
+    /// Cap the campaign's rate (messages per hour); 0 removes the cap.
+    Rate {
+        campaign: String,
+        messages_per_hour: u64,
     },
 }
 
@@ -115,6 +173,18 @@ fn api_call(
     Ok(v)
 }
 
+/// Percent-encode a path segment or query value.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'@' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn bounce_rules(config: &std::path::Path) -> Result<sluice::bounce::BounceRules> {
     if !config.exists() {
         return Ok(sluice::bounce::BounceRules::builtin());
@@ -162,6 +232,95 @@ fn main() -> Result<()> {
         } => {
             let v = api_call(&config, "POST", "/api/v1/rules/reload", None)?;
             println!("{v}");
+            Ok(())
+        }
+        Cmd::Quarantine { cmd, config } => {
+            let cfg = load(&config)?;
+            let client = sluice::cli::ApiClient::from_config(&cfg);
+            let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+            rt.block_on(async {
+                match cmd {
+                    QuarantineCmd::List {
+                        reason,
+                        limit,
+                        after,
+                    } => {
+                        let mut path = format!("/api/v1/quarantine?limit={limit}");
+                        if let Some(r) = reason {
+                            path.push_str(&format!("&reason={}", urlencode(&r)));
+                        }
+                        if let Some(a) = after {
+                            path.push_str(&format!("&after={}", urlencode(&a)));
+                        }
+                        let v = client.call("GET", &path, None).await?;
+                        print!("{}", sluice::cli::render_quarantine(&v));
+                    }
+                    QuarantineCmd::Remove { address } => {
+                        let v = client
+                            .call(
+                                "DELETE",
+                                &format!("/api/v1/quarantine/{}", urlencode(&address)),
+                                None,
+                            )
+                            .await?;
+                        println!("{v}");
+                    }
+                    QuarantineCmd::Import { file } => {
+                        let body = std::fs::read(&file)
+                            .with_context(|| format!("cannot read {}", file.display()))?;
+                        let v = client
+                            .call_text("POST", "/api/v1/quarantine/import", &body)
+                            .await?;
+                        println!("{v}");
+                    }
+                    QuarantineCmd::Export { file } => {
+                        let csv = client
+                            .call_text("GET", "/api/v1/quarantine/export", b"")
+                            .await?;
+                        match file {
+                            Some(f) => std::fs::write(&f, csv)
+                                .with_context(|| format!("cannot write {}", f.display()))?,
+                            None => print!("{csv}"),
+                        }
+                    }
+                }
+                Ok::<(), anyhow::Error>(())
+            })
+        }
+        Cmd::Campaign { cmd, config } => {
+            let (method, path, body) = match &cmd {
+                CampaignCmd::List => ("GET", "/api/v1/campaigns".to_string(), None),
+                CampaignCmd::Pause { campaign } => (
+                    "POST",
+                    format!("/api/v1/campaigns/{}/pause", urlencode(campaign)),
+                    None,
+                ),
+                CampaignCmd::Resume { campaign } => (
+                    "POST",
+                    format!("/api/v1/campaigns/{}/resume", urlencode(campaign)),
+                    None,
+                ),
+                CampaignCmd::Cancel { campaign } => (
+                    "POST",
+                    format!("/api/v1/campaigns/{}/cancel", urlencode(campaign)),
+                    None,
+                ),
+                CampaignCmd::Rate {
+                    campaign,
+                    messages_per_hour,
+                } => (
+                    "POST",
+                    format!("/api/v1/campaigns/{}/rate", urlencode(campaign)),
+                    Some(
+                        serde_json::json!({"messages_per_hour": if *messages_per_hour == 0 { None } else { Some(*messages_per_hour) }}),
+                    ),
+                ),
+            };
+            let v = api_call(&config, method, &path, body)?;
+            match cmd {
+                CampaignCmd::List => print!("{}", sluice::cli::render_campaigns(&v)),
+                _ => println!("{v}"),
+            }
             Ok(())
         }
         Cmd::Bounce {
@@ -231,14 +390,17 @@ fn main() -> Result<()> {
                 Err(e) => bail!("{address}: {e}"),
             }
         }
-        Cmd::Run { config } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+        Cmd::Run { config, log_format } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into());
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr);
+            if log_format == "json" {
+                builder.json().init();
+            } else {
+                builder.init();
+            }
             let _ = rustls::crypto::ring::default_provider().install_default();
             let cfg = load(&config)?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;

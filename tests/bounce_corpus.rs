@@ -1,5 +1,9 @@
 //! Runs the bounce classifier over the labelled real-world corpus in
-//! `../shared/bounce-corpus/` and checks the reason accuracy (≥ 90 %).
+//! `../shared/bounce-corpus/` and checks the reason accuracy (≥ 94 %: the held-out set
+//! of other MTAs must stay above 90 %, so this one keeps a margin).
+//!
+//! `BOUNCE_CORPUS_VERBOSE=1` lists the misses; `BOUNCE_CORPUS_DUMP=<file>` writes every
+//! verdict as one JSON line.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -7,7 +11,7 @@ use std::path::Path;
 use sluice::bounce::{classify_message, BounceRules};
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/bounce-corpus");
-const MIN_REASON_ACCURACY: f64 = 0.90;
+const MIN_REASON_ACCURACY: f64 = 0.94;
 
 #[test]
 fn bounce_corpus_accuracy() {
@@ -20,6 +24,10 @@ fn bounce_corpus_accuracy() {
     );
     let labels = std::fs::read_to_string(&labels_path).expect("read labels.jsonl");
     let rules = BounceRules::builtin();
+    // BOUNCE_CORPUS_DUMP=<file>: write every verdict as one JSON line (for analysis).
+    let mut dump = std::env::var_os("BOUNCE_CORPUS_DUMP")
+        .and_then(|p| std::fs::File::create(p).ok())
+        .map(std::io::BufWriter::new);
 
     let mut total = 0usize;
     let mut reason_ok = 0usize;
@@ -36,6 +44,23 @@ fn bounce_corpus_accuracy() {
         let want_reason = label["reason"].as_str().expect("reason");
         let raw = std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let v = classify_message(&raw, &rules);
+        if let Some(out) = dump.as_mut() {
+            let row = serde_json::json!({
+                "file": file,
+                "want": want_reason,
+                "want_type": want_type,
+                "got": v.reason.as_str(),
+                "got_type": v.bounce_type.as_str(),
+                "kind": format!("{:?}", v.kind),
+                "status": v.status,
+                "action": v.action,
+                "recipient": v.recipient,
+                "envelope": v.original_envelope,
+                "diagnostic": v.diagnostic,
+            });
+            use std::io::Write;
+            let _ = writeln!(out, "{row}");
+        }
         total += 1;
         if v.bounce_type.as_str() == want_type {
             type_ok += 1;

@@ -7,7 +7,8 @@ use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 use regex::Regex;
 use serde::Serialize;
 
-use super::rules::{enhanced_reason, fallback_reason, BounceRules};
+use super::envelope;
+use super::rules::{enhanced_reason, fallback_reason, final_status, BounceRules};
 use super::text::{extract_codes, first_address, normalize, strip_addr_type, strip_diag_type};
 use super::{BounceType, Reason};
 
@@ -117,16 +118,25 @@ fn strip_html(html: &str) -> String {
         .replace("&amp;", "&")
 }
 
+/// The envelope sender of an enclosed original message (Return-Path, envelope-from).
 fn envelope_of(m: &Message<'_>) -> Option<String> {
-    m.return_address()
-        .map(str::to_string)
-        .or_else(|| m.header_raw("Return-Path").map(strip_addr_type))
-        .filter(|s| !s.is_empty())
+    m.header_raw("Return-Path")
+        .and_then(envelope::clean_address)
+        .or_else(|| envelope::from_headers(&String::from_utf8_lossy(m.raw_message())))
 }
 
 fn collect_parts(msg: &Message<'_>) -> Parts {
     let mut p = Parts::default();
-    for part in &msg.parts {
+    for (i, part) in msg.parts.iter().enumerate() {
+        if i > 0 && p.original_envelope.is_none() {
+            // An original message enclosed without its own Content-Type: its headers are
+            // parsed as the headers of the MIME part.
+            let raw = msg.raw_message();
+            let (start, end) = (part.offset_header as usize, part.offset_body as usize);
+            if let Some(h) = raw.get(start..end.max(start)) {
+                p.original_envelope = envelope::from_headers(&String::from_utf8_lossy(h));
+            }
+        }
         let (ctype, sub) = match part.content_type() {
             Some(ct) => (
                 ct.ctype().to_ascii_lowercase(),
@@ -150,7 +160,7 @@ fn collect_parts(msg: &Message<'_>) -> Parts {
             ("message", "feedback-report") => {
                 p.feedback.get_or_insert(text);
             }
-            ("text", "rfc822-headers") | ("message", "rfc822-headers") => {
+            ("text" | "message", s) if s.starts_with("rfc822-header") || s == "global-headers" => {
                 p.original_headers.get_or_insert(text);
             }
             ("text", _) | ("message", _) => p.human.push(text),
@@ -159,9 +169,10 @@ fn collect_parts(msg: &Message<'_>) -> Parts {
         }
     }
     if p.original_envelope.is_none() {
-        if let Some(h) = &p.original_headers {
-            p.original_envelope = header_value(h, "return-path").map(|v| strip_addr_type(&v));
-        }
+        p.original_envelope = p
+            .original_headers
+            .as_deref()
+            .and_then(envelope::from_headers);
     }
     p
 }
@@ -264,6 +275,21 @@ fn looks_like_bounce(msg: &Message<'_>) -> bool {
     )
 }
 
+/// A plain-text delay warning (the message is still queued and being retried).
+fn is_delay_warning(msg: &Message<'_>, human: &str) -> bool {
+    static SUBJ: OnceLock<Option<Regex>> = OnceLock::new();
+    static TEXT: OnceLock<Option<Regex>> = OnceLock::new();
+    is_match(
+        &SUBJ,
+        r"(?i)\bdelay(?:ed)?\b|^\s*warning\b|still being retried|could not send (?:mail|message) for (?:the )?past",
+        msg.subject().unwrap_or(""),
+    ) || is_match(
+        &TEXT,
+        r"(?i)this is a warning message only|you do not need to (?:re-?send|resend)|will (?:continue|keep) (?:trying|to try)|only a temporary failure report",
+        human,
+    )
+}
+
 fn is_auto_reply(msg: &Message<'_>) -> bool {
     static SUBJ: OnceLock<Option<Regex>> = OnceLock::new();
     static PREC: OnceLock<Option<Regex>> = OnceLock::new();
@@ -287,11 +313,62 @@ fn is_auto_reply(msg: &Message<'_>) -> bool {
 }
 
 /// Classifies one returned message. Never panics; unparsable input → kind `Unknown`.
+///
+/// A returned message reports a delivery that has finally failed (or, for `Action:
+/// delayed`, is still being retried): a 4xx code in it does not make the failure
+/// temporary, so its text is qualified by content ([`BounceRules::match_rule_final`]).
+/// Delay notices are classified by their cause too and keep `action` = "delayed".
 pub fn classify_message(raw: &[u8], rules: &BounceRules) -> MessageVerdict {
+    classify_depth(raw, rules, 0)
+}
+
+/// How deep forwarded / enclosed bounces are followed.
+const MAX_DEPTH: usize = 2;
+
+fn classify_depth(raw: &[u8], rules: &BounceRules, depth: usize) -> MessageVerdict {
     let Some(msg) = MessageParser::default().parse(raw) else {
         return MessageVerdict::new(MessageKind::Unknown, Reason::Unknown);
     };
-    let parts = collect_parts(&msg);
+    let mut v = classify_parsed(&msg, rules);
+    if depth < MAX_DEPTH
+        && v.reason == Reason::Unknown
+        && matches!(v.kind, MessageKind::PlainBounce | MessageKind::Dsn)
+    {
+        if let Some(inner) = enclosed_bounce(&msg, rules, depth) {
+            let envelope = inner.original_envelope.clone().or(v.original_envelope);
+            v = MessageVerdict {
+                original_envelope: envelope,
+                recipient: inner.recipient.clone().or(v.recipient),
+                ..inner
+            };
+        }
+    }
+    v
+}
+
+/// A bounce enclosed in a bounce (a forwarded or re-bounced notification): the verdict
+/// of the first enclosed message that is itself a report with a usable diagnostic.
+fn enclosed_bounce(msg: &Message<'_>, rules: &BounceRules, depth: usize) -> Option<MessageVerdict> {
+    msg.parts.iter().find_map(|part| {
+        let PartType::Message(m) = &part.body else {
+            return None;
+        };
+        let inner = classify_depth(m.raw_message(), rules, depth + 1);
+        let coded = inner.status.is_some()
+            || extract_codes(inner.diagnostic.as_deref().unwrap_or(""))
+                .0
+                .is_some();
+        let usable = match inner.kind {
+            MessageKind::Dsn => true,
+            MessageKind::PlainBounce => coded,
+            _ => false,
+        };
+        (usable && inner.reason != Reason::Unknown).then_some(inner)
+    })
+}
+
+fn classify_parsed(msg: &Message<'_>, rules: &BounceRules) -> MessageVerdict {
+    let parts = collect_parts(msg);
     let report_type = msg
         .content_type()
         .and_then(|ct| ct.attribute("report-type"))
@@ -310,34 +387,11 @@ pub fn classify_message(raw: &[u8], rules: &BounceRules) -> MessageVerdict {
             .cloned()
     });
     if feedback.is_some() || report_type == "feedback-report" {
-        let fb = feedback.unwrap_or_default();
-        let ftype = header_value(&fb, "feedback-type")
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let mut v = if ftype.starts_with("auth-failure") {
-            let mut v = MessageVerdict::new(MessageKind::Arf, Reason::Unknown);
-            v.bounce_type = BounceType::Ignored;
-            v
-        } else {
-            MessageVerdict::new(MessageKind::Arf, Reason::Complaint)
-        };
-        v.recipient = header_value(&fb, "original-rcpt-to")
-            .or_else(|| header_value(&fb, "removal-recipient"))
-            .map(|s| strip_addr_type(&s));
-        v.original_envelope = header_value(&fb, "original-mail-from")
-            .map(|s| strip_addr_type(&s))
-            .or(parts.original_envelope.clone());
-        v.diagnostic = Some(format!("feedback-type: {ftype}"));
-        return v;
+        return classify_arf(&feedback.unwrap_or_default(), &parts);
     }
 
     let human_full: String = parts.human.join("\n");
     let (human, rest) = cut_original(&human_full);
-    let original_envelope = parts.original_envelope.clone().or_else(|| {
-        header_value(rest, "return-path")
-            .map(|v| strip_addr_type(&v))
-            .filter(|s| !s.is_empty())
-    });
 
     // RFC 3464 DSN (or DSN fields inside a text part).
     let ds = parts.delivery_status.clone().or_else(|| {
@@ -351,14 +405,19 @@ pub fn classify_message(raw: &[u8], rules: &BounceRules) -> MessageVerdict {
             })
             .cloned()
     });
+    let original_envelope = parts
+        .original_envelope
+        .clone()
+        .or_else(|| ds.as_deref().and_then(envelope::from_report))
+        .or_else(|| envelope::from_quoted(rest));
     if let Some(block) = ds.as_deref().and_then(recipient_block) {
         let mut v = classify_dsn(&block, human, rules);
         v.original_envelope = original_envelope;
         return v;
     }
 
-    let bounce_like = looks_like_bounce(&msg);
-    if !bounce_like && is_auto_reply(&msg) {
+    let bounce_like = looks_like_bounce(msg);
+    if !bounce_like && is_auto_reply(msg) {
         let mut v = MessageVerdict::new(MessageKind::AutoReply, Reason::AutoReply);
         v.recipient = msg
             .from()
@@ -375,6 +434,10 @@ pub fn classify_message(raw: &[u8], rules: &BounceRules) -> MessageVerdict {
         rules,
         bounce_like || report_type == "delivery-status",
     );
+    if v.kind == MessageKind::PlainBounce && is_delay_warning(msg, human) {
+        // Like a DSN's `Action: delayed`: classified by cause, skipped by the caller.
+        v.action = Some("delayed".to_string());
+    }
     if v.recipient.is_none() {
         v.recipient = first_address(human).filter(|a| {
             let to = msg.header_raw("To").unwrap_or("");
@@ -382,6 +445,28 @@ pub fn classify_message(raw: &[u8], rules: &BounceRules) -> MessageVerdict {
         });
     }
     v.original_envelope = original_envelope;
+    v
+}
+
+/// An RFC 5965 feedback report: complaint, or ignored for auth-failure reports.
+fn classify_arf(fb: &str, parts: &Parts) -> MessageVerdict {
+    let ftype = header_value(fb, "feedback-type")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let mut v = if ftype.starts_with("auth-failure") {
+        let mut v = MessageVerdict::new(MessageKind::Arf, Reason::Unknown);
+        v.bounce_type = BounceType::Ignored;
+        v
+    } else {
+        MessageVerdict::new(MessageKind::Arf, Reason::Complaint)
+    };
+    v.recipient = header_value(fb, "original-rcpt-to")
+        .or_else(|| header_value(fb, "removal-recipient"))
+        .map(|s| strip_addr_type(&s));
+    v.original_envelope = header_value(fb, "original-mail-from")
+        .and_then(|s| envelope::clean_address(&s))
+        .or_else(|| parts.original_envelope.clone());
+    v.diagnostic = Some(format!("feedback-type: {ftype}"));
     v
 }
 
@@ -446,11 +531,17 @@ fn smtp_stage(text: &str) -> Option<Stage> {
 }
 
 /// Adjusts a reason by the SMTP stage: a rejection of MAIL FROM or of the connection is
-/// about the sender (refused); a "user unknown" after DATA comes from a content filter.
-fn apply_stage(v: &mut MessageVerdict, stage: Option<Stage>, code: Option<u16>) {
-    if v.bounce_type == BounceType::Ignored || code.is_some_and(|c| c / 100 == 4) {
+/// about the sender (refused); a "user unknown" after DATA comes from a content filter, and
+/// so does one whose enhanced status points at the mailbox state or at a policy (x.2.x,
+/// x.7.x) when the bounce does not say the RCPT command was rejected.
+fn apply_stage(v: &mut MessageVerdict, stage: Option<Stage>, status: Option<&str>) {
+    if v.bounce_type == BounceType::Ignored {
         return;
     }
+    let policy_status = status.is_some_and(|s| {
+        let mut it = s.trim().split('.').skip(1);
+        matches!(it.next(), Some("2" | "7")) && it.next().is_some_and(|d| d != "0")
+    });
     let refuse = match (stage, v.reason) {
         (Some(Stage::Mail | Stage::Connect), r) => matches!(
             r,
@@ -461,12 +552,42 @@ fn apply_stage(v: &mut MessageVerdict, stage: Option<Stage>, code: Option<u16>) 
                 | Reason::Unknown
         ),
         (Some(Stage::Data), Reason::UserUnknown) => true,
+        (None, Reason::UserUnknown) => policy_status,
         _ => false,
     };
     if refuse {
         v.reason = Reason::Refused;
         v.bounce_type = BounceType::Soft;
     }
+}
+
+/// The line of a human-readable report about `recipient` ("<rcpt>: 550 ...", "rcpt: No MX
+/// found for domain"), with its indented continuation lines, when it says more than the
+/// address itself.
+fn recipient_line(human: &str, recipient: &str) -> Option<String> {
+    let rcpt = recipient.to_ascii_lowercase();
+    if rcpt.is_empty() {
+        return None;
+    }
+    let lines: Vec<&str> = human.lines().collect();
+    let i = lines
+        .iter()
+        .position(|l| l.to_ascii_lowercase().contains(&rcpt) && l.contains(':'))?;
+    let mut out = lines[i].trim().to_string();
+    for l in &lines[i + 1..] {
+        if !l.starts_with([' ', '\t']) || l.trim().is_empty() {
+            break;
+        }
+        out.push(' ');
+        out.push_str(l.trim());
+    }
+    let lower = out.to_ascii_lowercase();
+    let rest = lower.replace(&rcpt, " ");
+    let words = rest
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .filter(|w| w.len() > 1)
+        .count();
+    (words >= 2).then_some(out)
 }
 
 fn classify_dsn(block: &[(String, String)], human: &str, rules: &BounceRules) -> MessageVerdict {
@@ -484,7 +605,12 @@ fn classify_dsn(block: &[(String, String)], human: &str, rules: &BounceRules) ->
     });
     let diag = field(block, "diagnostic-code")
         .map(strip_diag_type)
-        .filter(|d| !d.is_empty());
+        .filter(|d| !d.is_empty())
+        .or_else(|| {
+            v.recipient
+                .as_deref()
+                .and_then(|r| recipient_line(human, r))
+        });
     let (dcode, denh) = diag.as_deref().map(extract_codes).unwrap_or((None, None));
     let generic = |s: &str| s.ends_with(".0.0") || s.split('.').nth(1).is_some_and(|x| x.len() > 2);
     let enhanced = match (&status_field, &denh) {
@@ -495,37 +621,32 @@ fn classify_dsn(block: &[(String, String)], human: &str, rules: &BounceRules) ->
     v.status = enhanced.clone();
     v.diagnostic = diag.clone();
 
-    if v.action.as_deref().is_some_and(|a| a.starts_with("delay")) {
-        v.bounce_type = BounceType::Soft;
-        v.reason = Reason::Unreachable;
-        return v;
-    }
+    let delayed = v.action.as_deref().is_some_and(|a| a.starts_with("delay"));
     let stage = smtp_stage(&format!("{}\n{}", diag.as_deref().unwrap_or(""), human));
-    let mut code = dcode;
     let decided = diag
         .as_deref()
-        .and_then(|d| rules.match_rule(dcode, enhanced.as_deref(), d))
+        .and_then(|d| rules.match_rule_final(dcode, enhanced.as_deref(), d))
         .map(|rule| (rule.bounce_type, rule.reason))
         .or_else(|| {
             enhanced
                 .as_deref()
-                .and_then(enhanced_reason)
+                .and_then(|e| enhanced_reason(&final_status(e)))
                 .map(|r| (r.default_type(), r))
         })
         .or_else(|| {
             let plain = classify_plain(human, rules, true);
-            if code.is_none() {
-                code = extract_codes(plain.diagnostic.as_deref().unwrap_or("")).0;
-            }
             (plain.reason != Reason::Unknown).then_some((plain.bounce_type, plain.reason))
         });
     let (t, r) = decided.unwrap_or_else(|| {
-        let r = fallback_reason(dcode, enhanced.as_deref());
+        let r = match fallback_reason(dcode, enhanced.as_deref()) {
+            Reason::Unknown if delayed => Reason::Unreachable,
+            r => r,
+        };
         (r.default_type(), r)
     });
     v.bounce_type = t;
     v.reason = r;
-    apply_stage(&mut v, stage, code);
+    apply_stage(&mut v, stage, enhanced.as_deref());
     v
 }
 
@@ -586,19 +707,24 @@ fn classify_plain(human: &str, rules: &BounceRules, bounce_like: bool) -> Messag
         let n = normalize(human);
         (!n.is_empty()).then(|| n.chars().take(300).collect())
     });
-    let rule = coded
-        .iter()
-        .chain(diag.iter())
-        .map(String::as_str)
-        .chain(std::iter::once(human))
-        .find_map(|t| {
+    let segments = coded.iter().chain(diag.iter()).map(|t| (t.as_str(), true));
+    let rule = segments
+        .chain(std::iter::once((human, false)))
+        .find_map(|(t, segment)| {
             let (c, e) = extract_codes(t);
-            rules.match_rule(c.or(code), e.as_deref().or(enh.as_deref()), t)
+            rules
+                .match_rule_final(c.or(code), e.as_deref().or(enh.as_deref()), t)
+                .map(|r| (r, segment.then_some(t)))
         });
-    if let Some(rule) = rule {
+    if let Some((rule, segment)) = rule {
         v.bounce_type = rule.bounce_type;
         v.reason = rule.reason;
-        v.recipient = first.as_deref().and_then(first_address);
+        if let Some(t) = segment {
+            v.diagnostic = Some(normalize(t));
+        }
+        v.recipient = segment
+            .and_then(first_address)
+            .or_else(|| first.as_deref().and_then(first_address));
     } else if !bounce_like && code.is_none() && enh.is_none() {
         v.kind = MessageKind::Unknown;
         return v;
@@ -606,7 +732,7 @@ fn classify_plain(human: &str, rules: &BounceRules, bounce_like: bool) -> Messag
         v.reason = fallback_reason(code, enh.as_deref());
         v.bounce_type = v.reason.default_type();
     }
-    apply_stage(&mut v, smtp_stage(human), code);
+    apply_stage(&mut v, smtp_stage(human), enh.as_deref());
     v
 }
 

@@ -9,6 +9,7 @@
 //! * [`text`] holds the text helpers (code extraction, normalisation) and the JSON helpers
 //!   used by the `sluice bounce classify` CLI.
 
+mod envelope;
 pub mod message;
 pub mod rules;
 pub mod text;

@@ -308,6 +308,20 @@ impl BounceRules {
         })
     }
 
+    /// The first text rule matching a diagnostic of mail whose delivery has *finally*
+    /// failed (a returned DSN, a plain bounce): a 4xx code there only says the last attempt
+    /// was temporary, so the codes are promoted to their 5xx / 5.x.x counterparts and the
+    /// text decides the cause (reputation → refused, user unknown → user_unknown, ...).
+    pub fn match_rule_final(
+        &self,
+        code: Option<u16>,
+        enhanced: Option<&str>,
+        text: &str,
+    ) -> Option<&Rule> {
+        let status = enhanced.map(final_status);
+        self.match_rule(code.map(final_code), status.as_deref(), text)
+    }
+
     /// Classifies one SMTP reply / diagnostic: text rules, then the enhanced status, then
     /// the basic code class.
     pub fn classify_reply(
@@ -329,6 +343,24 @@ impl BounceRules {
             reason,
             rule: None,
         }
+    }
+}
+
+/// A 4xx basic code promoted to its permanent 5xx counterpart (others unchanged).
+pub fn final_code(code: u16) -> u16 {
+    if code / 100 == 4 {
+        code + 100
+    } else {
+        code
+    }
+}
+
+/// A 4.x.x enhanced status promoted to 5.x.x (others unchanged).
+pub fn final_status(status: &str) -> String {
+    let s = status.trim();
+    match s.strip_prefix("4.") {
+        Some(rest) => format!("5.{rest}"),
+        None => s.to_string(),
     }
 }
 

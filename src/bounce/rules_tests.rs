@@ -261,3 +261,51 @@ fn durations() {
     );
     assert!(parse_duration("d").is_err());
 }
+
+#[test]
+fn final_matching_promotes_temporary_codes() {
+    let rules = BounceRules::builtin();
+    let text = "451 4.7.650 The mail server [192.0.2.25] has been temporarily rate limited due to IP reputation.";
+    // Live reply: a deferral.
+    assert_eq!(
+        rules
+            .classify_reply(Some(451), Some("4.7.650"), text)
+            .reason,
+        Reason::Unreachable
+    );
+    // In a returned DSN whose delivery finally failed: qualified by the text.
+    let r = rules.match_rule_final(Some(451), Some("4.7.650"), text);
+    assert_eq!(r.map(|r| r.reason), Some(Reason::Refused));
+    let r = rules.match_rule_final(Some(452), Some("4.2.2"), "452 4.2.2 Mailbox full");
+    assert_eq!(r.map(|r| r.reason), Some(Reason::MailboxFull));
+    let r = rules.match_rule_final(Some(451), Some("4.3.0"), "451 4.3.0 Try again later");
+    assert_eq!(r.map(|r| r.reason), Some(Reason::Unreachable));
+    assert_eq!(final_status("4.7.1"), "5.7.1");
+    assert_eq!(final_status("5.1.1"), "5.1.1");
+    assert_eq!(final_code(421), 521);
+    assert_eq!(final_code(550), 550);
+}
+
+#[test]
+fn wording_families() {
+    assert_eq!(
+        classify("550 connect to mx.example.net[192.0.2.1]: server refused to talk to me: 554 Service not available"),
+        REFUSED
+    );
+    assert_eq!(
+        classify(
+            "550 service permits 2 unverifiable sending IPs - mx.example.com is not 192.0.2.1"
+        ),
+        REFUSED
+    );
+    assert_eq!(classify("554 Transaction failed"), UNREACHABLE);
+    assert_eq!(classify("550 No MX found for domain"), INVALID_DOMAIN);
+    assert_eq!(
+        classify("Your message was not delivered within 0 days and 1 hours. Remote host is not responding."),
+        UNREACHABLE
+    );
+    assert_eq!(
+        classify("550 5.0.0 <x@y>: Recipient address rejected: On hold"),
+        (BounceType::Soft, Reason::Unknown)
+    );
+}
