@@ -118,3 +118,28 @@ async fn kill_9_loses_no_acknowledged_delivery() {
     let want: HashSet<String> = rcpts.into_iter().collect();
     assert_eq!(got, want);
 }
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_transactions_under_way() {
+    let net = 52;
+    // a slow MX: every reply takes 100 ms, so transactions are in flight at the stop
+    let mx = FakeMx::start(ipa(net, 2), MX_PORT, MxScript { delay: Some(Duration::from_millis(100)), ..Default::default() }).await;
+    let mut o = Opts::new(net);
+    o.rules = Some(common::harness::catch_all(2, 100, ""));
+    let mut h = Harness::start(dns(net), o).await;
+    let rcpts: Vec<String> = (0..12).map(|i| format!("g{i}@a.test")).collect();
+    let body = serde_json::json!({"recipients": rcpts, "content": message("x")});
+    let (code, _) = http(h.http(), "POST", "/api/v1/messages", Some(&body.to_string()), None).await;
+    assert_eq!(code, 202);
+    h.wait_event("first delivery", |e| e.event == "delivered").await;
+    h.shutdown_keep_config().await; // stops while the next transactions are under way
+    let before = mx.transactions().len();
+    assert!(before < 12, "the stop came before the end");
+    h.restart().await;
+    let txns = mx.wait_transactions(12, Duration::from_secs(30)).await;
+    let got: Vec<String> = txns.iter().flat_map(|t| t.rcpt_to.clone()).collect();
+    let unique: HashSet<&String> = got.iter().collect();
+    assert_eq!(unique.len(), 12, "every delivery arrived");
+    assert_eq!(got.len(), 12, "and none twice: {got:?}");
+    h.shutdown().await;
+}

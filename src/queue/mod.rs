@@ -551,7 +551,12 @@ impl Scheduler {
         let now = self.clock.now_ms();
         let mut g = self.lock();
         g.paused = paused;
-        if !paused {
+        if paused {
+            // idle connections wake up, see the pause and quit
+            for q in g.queues.values() {
+                q.notify.notify_waiters();
+            }
+        } else {
             let qids: Vec<u64> = g.queues.keys().copied().collect();
             for qid in qids {
                 self.maybe_connect(&mut g, qid, now);
