@@ -132,6 +132,11 @@ impl Engine {
             clock.clone(),
             cfg.spool.retention.0.as_millis() as u64,
         )?;
+        spool.set_verp(Verp::new(
+            &cfg.verp.domain,
+            &cfg.verp.prefix,
+            &cfg.verp.secret,
+        ));
         let (events, _events_task) = Events::start(&cfg.events.path)?;
         let dns = Arc::new(Resolver::new(&cfg.dns)?);
         let rules = Arc::new(load_rules(&cfg)?);

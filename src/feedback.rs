@@ -121,15 +121,17 @@ impl FeedbackHandler {
                 self.events.emit(Event {
                     ts: crate::clock::rfc3339(now),
                     event: "campaign_paused".into(),
-                    campaign: d.campaign.clone(),
-                    tenant: d.tenant.clone(),
+                    campaign: d.campaign.as_deref().map(str::to_string),
+                    tenant: d.tenant.as_deref().map(str::to_string),
                     message: Some(reason),
                     ..Event::default()
                 });
             }
         }
         if let Some(addr) = recipient {
-            let tenant = delivery.as_ref().and_then(|d| d.tenant.clone());
+            let tenant = delivery
+                .as_ref()
+                .and_then(|d| d.tenant.as_deref().map(str::to_string));
             let response = verdict.diagnostic.clone().unwrap_or_default();
             if let Err(e) = self
                 .quarantine

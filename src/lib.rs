@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod demo;
 pub mod dns;
 pub mod engine;
 pub mod events;
@@ -20,8 +21,10 @@ pub mod metrics;
 pub mod quarantine;
 pub mod queue;
 pub mod rules;
+pub mod sink;
 pub mod smtp_server;
 pub mod spool;
+pub mod testkit;
 pub mod throttle;
 pub mod verp;
 

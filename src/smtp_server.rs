@@ -2,7 +2,9 @@
 //! the submission listener and the feedback (bounce) listener. Commands are parsed with
 //! `smtp-proto`; what to accept is decided by a [`Handler`].
 
-use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver, RequestReceiver};
+use smtp_proto::request::receiver::{
+    BdatReceiver, DataReceiver, DummyDataReceiver, RequestReceiver,
+};
 use smtp_proto::Request;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,6 +29,10 @@ pub trait Handler: Send + Sync + 'static {
     }
     /// Accept a recipient (returning it normalised) or refuse it with a reply line.
     fn rcpt(&self, peer: SocketAddr, address: &str) -> Result<String, String>;
+    /// Pause before handling each read (simulated network round trip; benchmarks only).
+    fn read_delay(&self) -> Option<Duration> {
+        None
+    }
     /// Take a complete message; returns the reply line.
     fn data(
         &self,
@@ -70,6 +76,10 @@ enum Mode {
     Command,
     Data(DataReceiver),
     Discard(DummyDataReceiver),
+    /// Receiving a BDAT chunk (RFC 3030).
+    Bdat(BdatReceiver),
+    /// Swallowing a BDAT chunk that will be refused with this reply.
+    BdatSkip(DummyDataReceiver, String),
 }
 
 struct Txn {
@@ -112,6 +122,9 @@ async fn session<H: Handler>(
         if n == 0 {
             return Ok(());
         }
+        if let Some(d) = handler.read_delay() {
+            tokio::time::sleep(d).await;
+        }
         let mut iter = buf[..n].iter();
         let mut quit = false;
         while iter.len() > 0 && !quit {
@@ -128,6 +141,29 @@ async fn session<H: Handler>(
                     } else if txn.data.len() > max_size {
                         mode = Mode::Discard(DummyDataReceiver::new_data(dr));
                         txn.data = Vec::new();
+                    }
+                }
+                Mode::Bdat(br) => {
+                    if br.ingest(&mut iter, &mut txn.data) {
+                        let last = br.is_last;
+                        mode = Mode::Command;
+                        if last {
+                            let content = std::mem::take(&mut txn.data);
+                            let rcpts = std::mem::take(&mut txn.rcpts);
+                            txn.mail = false;
+                            let reply = handler.data(peer, rcpts, content).await;
+                            out.extend_from_slice(reply.as_bytes());
+                            out.extend_from_slice(b"\r\n");
+                        } else {
+                            out.extend_from_slice(b"250 2.0.0 chunk received\r\n");
+                        }
+                    }
+                }
+                Mode::BdatSkip(dd, reply) => {
+                    if dd.ingest(&mut iter) {
+                        out.extend_from_slice(reply.as_bytes());
+                        out.extend_from_slice(b"\r\n");
+                        mode = Mode::Command;
                     }
                 }
                 Mode::Discard(dd) => {
@@ -157,7 +193,7 @@ async fn session<H: Handler>(
                                     data: Vec::new(),
                                 };
                                 format!(
-                                    "250-{host} at your service\r\n250-PIPELINING\r\n250-SIZE {max_size}\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
+                                    "250-{host} at your service\r\n250-PIPELINING\r\n250-SIZE {max_size}\r\n250-8BITMIME\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n"
                                 )
                             }
                             Request::Helo { .. } => {
@@ -205,6 +241,42 @@ async fn session<H: Handler>(
                                     mode = Mode::Data(DataReceiver::new());
                                     txn.data.clear();
                                     "354 end data with <CR><LF>.<CR><LF>\r\n".to_string()
+                                }
+                            }
+                            Request::Bdat {
+                                chunk_size,
+                                is_last,
+                            } => {
+                                if !txn.mail || txn.rcpts.is_empty() {
+                                    mode = Mode::BdatSkip(
+                                        DummyDataReceiver::new_bdat(chunk_size),
+                                        "503 5.5.1 need MAIL and RCPT before BDAT".into(),
+                                    );
+                                    String::new()
+                                } else if txn.data.len() + chunk_size > max_size {
+                                    txn = Txn {
+                                        mail: false,
+                                        rcpts: Vec::new(),
+                                        data: Vec::new(),
+                                    };
+                                    mode = Mode::BdatSkip(
+                                        DummyDataReceiver::new_bdat(chunk_size),
+                                        format!("552 5.3.4 message exceeds the size limit of {max_size} bytes"),
+                                    );
+                                    String::new()
+                                } else if chunk_size == 0 {
+                                    if is_last {
+                                        let content = std::mem::take(&mut txn.data);
+                                        let rcpts = std::mem::take(&mut txn.rcpts);
+                                        txn.mail = false;
+                                        let r = handler.data(peer, rcpts, content).await;
+                                        format!("{r}\r\n")
+                                    } else {
+                                        "250 2.0.0 empty chunk\r\n".to_string()
+                                    }
+                                } else {
+                                    mode = Mode::Bdat(BdatReceiver::new(chunk_size, is_last));
+                                    String::new()
                                 }
                             }
                             Request::Rset => {

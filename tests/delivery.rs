@@ -402,3 +402,29 @@ async fn one_connection_carries_several_deliveries() {
     h.wait_for("delivered", "r4@a.test").await;
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn chunking_sends_the_whole_transaction_in_one_flight() {
+    let net = 23;
+    // the sink offers PIPELINING and CHUNKING: MAIL, RCPT and BDAT LAST + body go in one write
+    let sink = sluice::sink::Sink::start(
+        std::net::SocketAddr::new(ipa(net, 2), MX_PORT),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let dns = DnsBuilder::new()
+        .mx("c.test", 10, "mx.c.test")
+        .a("mx.c.test", ip(net, 2));
+    let mut h = Harness::start(dns, Opts::new(net)).await;
+    let rcpts: Vec<String> = (0..5).map(|i| format!("c{i}@c.test")).collect();
+    let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    h.inject(&refs).await;
+    for r in &rcpts {
+        h.wait_for("delivered", r).await;
+    }
+    assert_eq!(sink.messages(), 5);
+    // the body arrived byte for byte (no dot-stuffing with BDAT): same size as the stored one
+    assert!(sink.stats.bytes.load(std::sync::atomic::Ordering::Relaxed) > 5 * 100);
+    h.shutdown().await;
+}

@@ -359,3 +359,39 @@ async fn back_pressure_when_the_queue_is_full() {
     assert!(r.starts_with("452"), "{r}");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn smtp_submission_accepts_bdat_chunks() {
+    let net = 48;
+    let mx1 = FakeMx::start(ipa(net, 2), MX_PORT, MxScript::default()).await;
+    let mut h = Harness::start(dns(net), Opts::new(net)).await;
+    let (mut c, _) = SmtpClient::connect(h.engine().smtp_addr().unwrap()).await;
+    let ehlo = c.cmd("EHLO injector.test").await;
+    assert!(ehlo.contains("CHUNKING"), "{ehlo}");
+    let part1 = "From: a@shop.test\r\nSubject: chunks\r\n\r\n";
+    let part2 = ".not stuffed\r\nend\r\n";
+    c.send(&format!(
+        "MAIL FROM:<a@shop.test>\r\nRCPT TO:<bd@a.test>\r\nBDAT {}\r\n{part1}",
+        part1.len()
+    ))
+    .await;
+    assert!(c.reply().await.starts_with("250"));
+    assert!(c.reply().await.starts_with("250"));
+    assert!(c.reply().await.starts_with("250"), "first chunk");
+    c.send(&format!("BDAT {} LAST\r\n{part2}", part2.len()))
+        .await;
+    let r = c.reply().await;
+    assert!(r.starts_with("250 2.0.0 queued"), "{r}");
+    h.wait_for("delivered", "bd@a.test").await;
+    let t = mx1.wait_transactions(1, Duration::from_secs(20)).await;
+    assert!(
+        String::from_utf8_lossy(&t[0].data).contains("\r\n.not stuffed\r\nend"),
+        "{:?}",
+        String::from_utf8_lossy(&t[0].data)
+    );
+    // BDAT without a transaction is refused after its chunk is consumed
+    c.send("BDAT 3 LAST\r\nabc").await;
+    assert!(c.reply().await.starts_with("503"));
+    assert!(c.cmd("NOOP").await.starts_with("250"));
+    h.shutdown().await;
+}

@@ -15,7 +15,7 @@
 
 use super::tls;
 use smtp_proto::response::parser::ResponseReceiver;
-use smtp_proto::{EhloResponse, EXT_PIPELINING, EXT_SIZE, EXT_START_TLS};
+use smtp_proto::{EhloResponse, EXT_CHUNKING, EXT_PIPELINING, EXT_SIZE, EXT_START_TLS};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -347,6 +347,9 @@ impl Session {
         let mail = format!("MAIL FROM:<{from}>{size}\r\n");
         let rcpt_cmd = format!("RCPT TO:<{rcpt}>\r\n");
         let t = self.params.command_timeout;
+        if self.pipelining() && self.caps & EXT_CHUNKING != 0 {
+            return self.transaction_bdat(&mail, &rcpt_cmd, message).await;
+        }
         let (mail_r, rcpt_r, data_r) = if self.pipelining() {
             let mut batch = Vec::with_capacity(mail.len() + rcpt_cmd.len() + 6);
             batch.extend_from_slice(mail.as_bytes());
@@ -401,6 +404,49 @@ impl Session {
             Ok(TxnOutcome::Accepted(r))
         } else {
             Ok(TxnOutcome::Refused("DATA", r))
+        }
+    }
+
+    /// PIPELINING + CHUNKING (RFC 3030): MAIL, RCPT, `BDAT <n> LAST` and the message go out
+    /// in one write — the whole transaction in one round trip, no dot-stuffing.
+    async fn transaction_bdat(
+        &mut self,
+        mail: &str,
+        rcpt_cmd: &str,
+        message: &[u8],
+    ) -> Result<TxnOutcome, SessionError> {
+        let t = self.params.command_timeout;
+        let bdat = format!("BDAT {} LAST\r\n", message.len());
+        let mut batch =
+            Vec::with_capacity(mail.len() + rcpt_cmd.len() + bdat.len() + message.len());
+        batch.extend_from_slice(mail.as_bytes());
+        batch.extend_from_slice(rcpt_cmd.as_bytes());
+        batch.extend_from_slice(bdat.as_bytes());
+        batch.extend_from_slice(message);
+        self.write("MAIL", &batch).await?;
+        let m = self.read_reply("MAIL", t).await?;
+        let r = self.read_reply("RCPT", t).await?;
+        let d = self.read_reply("DATA", self.params.data_timeout).await?;
+        self.state = State::Ready;
+        let failed = if !m.is_positive() {
+            Some(("MAIL", m))
+        } else if !r.is_positive() {
+            Some(("RCPT", r))
+        } else if !d.is_positive() {
+            Some(("DATA", d.clone()))
+        } else {
+            None
+        };
+        match failed {
+            None => {
+                self.transactions += 1;
+                Ok(TxnOutcome::Accepted(d))
+            }
+            Some((stage, reply)) => {
+                self.write("RSET", b"RSET\r\n").await?;
+                let _ = self.read_reply("RSET", t).await?;
+                Ok(TxnOutcome::Refused(stage, reply))
+            }
         }
     }
 

@@ -72,11 +72,14 @@ pub async fn run_dispatcher(
     // Graceful stop: no new transaction starts; those under way finish (bounded), so no
     // delivery is lost or sent twice.
     ctx.sched.set_paused(true);
-    let grace = ctx.cfg.delivery.data_timeout.0.min(std::time::Duration::from_secs(60));
-    let drained = tokio::time::timeout(grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let grace = ctx
+        .cfg
+        .delivery
+        .data_timeout
+        .0
+        .min(std::time::Duration::from_secs(60));
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!("connections still busy after the grace period; aborting them");
     }

@@ -191,6 +191,9 @@ impl Intake {
             return Err(IntakeError::Invalid("expires_in must be above zero".into()));
         }
         let expires_ms = now + ttl.as_millis() as u64;
+        let campaign_arc: Option<Arc<str>> = campaign.as_deref().map(Arc::from);
+        let tenant_arc: Option<Arc<str>> = tenant.as_deref().map(Arc::from);
+        let pool_arc: Option<Arc<str>> = pool.as_deref().map(Arc::from);
         let mut deliveries = Vec::with_capacity(sub.recipients.len());
         let mut rejected = Vec::new();
         for r in sub.recipients {
@@ -226,9 +229,9 @@ impl Intake {
                         body_id,
                         recipient: a.as_string(),
                         recipient_id: r.id,
-                        campaign: campaign.clone(),
-                        tenant: tenant.clone(),
-                        pool: pool.clone(),
+                        campaign: campaign_arc.clone(),
+                        tenant: tenant_arc.clone(),
+                        pool: pool_arc.clone(),
                         priority: sub.priority,
                         envelope_from: self.verp.encode(id),
                         created_ms: now,

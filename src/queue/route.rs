@@ -122,7 +122,7 @@ impl Scheduler {
     ) {
         let rule_idx = rule_idx.min(g.rules.rules.len() - 1);
         let rule = g.rules.rules[rule_idx].clone();
-        let pool_name = d.pool.clone().unwrap_or_else(|| "default".into());
+        let pool_name = d.pool.as_deref().unwrap_or("default").to_string();
         let unreachable = &g.unreachable;
         let site_s = site.to_string();
         let usable = |s: usize| {
@@ -258,7 +258,7 @@ impl Scheduler {
             .insert((source, site.clone()), now + super::UNREACHABLE_MS);
         let mut stuck = Vec::new();
         for d in ds {
-            let pool = d.pool.clone().unwrap_or_else(|| "default".into());
+            let pool = d.pool.as_deref().unwrap_or("default").to_string();
             let others = g.pools.get(&pool).is_some_and(|p| {
                 p.members.iter().any(|(s, _)| {
                     *s != source

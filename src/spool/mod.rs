@@ -8,6 +8,8 @@
 //!   into a single transaction and one fsync (group commit), then wakes every waiter. A caller
 //!   is answered only after its data is durable.
 
+pub mod codec;
+
 use crate::clock::Clock;
 use dashmap::DashMap;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -89,11 +91,11 @@ pub struct Delivery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub campaign: Option<String>,
+    pub campaign: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
+    pub tenant: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pool: Option<String>,
+    pub pool: Option<Arc<str>>,
     #[serde(default)]
     pub priority: Priority,
     pub envelope_from: String,
@@ -136,6 +138,18 @@ pub enum FinalState {
 }
 
 impl FinalState {
+    fn from_u8(v: u8) -> Option<FinalState> {
+        [
+            FinalState::Delivered,
+            FinalState::Bounced,
+            FinalState::Expired,
+            FinalState::Suppressed,
+            FinalState::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == v)
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             FinalState::Delivered => "delivered",
@@ -202,6 +216,8 @@ struct Inner {
     clock: Clock,
     body_cache: DashMap<u64, Arc<Vec<u8>>>,
     commits: Arc<AtomicU64>,
+    /// Recomputes envelope senders, so records need not store them.
+    verp: std::sync::OnceLock<crate::verp::Verp>,
 }
 
 const BODY_CACHE_MAX: usize = 4096;
@@ -253,8 +269,27 @@ impl Spool {
                 clock,
                 body_cache: DashMap::new(),
                 commits,
+                verp: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Let the spool recompute envelope senders from ids instead of storing them (call
+    /// once, right after `open`, before any read or write).
+    pub fn set_verp(&self, verp: crate::verp::Verp) {
+        let _ = self.inner.verp.set(verp);
+    }
+
+    fn encode(&self, d: &Delivery) -> Vec<u8> {
+        codec::encode(d, self.inner.verp.get().is_none())
+    }
+
+    fn decode(&self, id: u64, bytes: &[u8]) -> Result<Delivery, SpoolError> {
+        let verp = self.inner.verp.get();
+        codec::decode(id, bytes, |id| {
+            verp.map(|v| v.encode(id)).unwrap_or_default()
+        })
+        .map_err(|e| SpoolError::Corrupt(id, e.to_string()))
     }
 
     /// A new unique id, ordered by creation time.
@@ -304,7 +339,7 @@ impl Spool {
     ) -> Result<(), SpoolError> {
         let mut records = Vec::with_capacity(deliveries.len());
         for d in deliveries {
-            records.push((d.id, encode(d)?));
+            records.push((d.id, self.encode(d)));
         }
         let (reply, rx) = oneshot::channel();
         self.send(Op::Inject {
@@ -321,7 +356,7 @@ impl Spool {
         let (reply, rx) = oneshot::channel();
         self.send(Op::Update {
             id: d.id,
-            record: encode(d)?,
+            record: self.encode(d),
             reply,
         })?;
         rx.await.map_err(|_| SpoolError::Closed)?
@@ -329,13 +364,9 @@ impl Spool {
 
     /// Move a delivery to its final state and release its hold on the body.
     pub async fn finish(&self, d: &Delivery, state: FinalState) -> Result<(), SpoolError> {
-        let f = Finished {
-            state,
-            finished_ms: self.inner.clock.now_ms(),
-            delivery: d.clone(),
-        };
-        let record =
-            serde_json::to_vec(&f).map_err(|e| SpoolError::Corrupt(d.id, e.to_string()))?;
+        let mut record = vec![state as u8];
+        record.extend_from_slice(&self.inner.clock.now_ms().to_le_bytes());
+        record.extend_from_slice(&self.encode(d));
         let (reply, rx) = oneshot::channel();
         self.send(Op::Finish {
             id: d.id,
@@ -378,7 +409,7 @@ impl Spool {
         let mut out = Vec::new();
         for item in t.iter()? {
             let (k, v) = item?;
-            out.push(decode(k.value(), v.value())?);
+            out.push(self.decode(k.value(), v.value())?);
         }
         if let Some(max) = out.iter().map(|d| d.id).max() {
             self.inner.last_id.fetch_max(max, Ordering::Relaxed);
@@ -391,12 +422,23 @@ impl Spool {
         let tx = self.inner.db.begin_read()?;
         let t = tx.open_table(ACTIVE)?;
         if let Some(v) = t.get(id)? {
-            return Ok(Some(Lookup::Active(decode(id, v.value())?)));
+            return Ok(Some(Lookup::Active(self.decode(id, v.value())?)));
         }
         let t = tx.open_table(DONE)?;
         if let Some(v) = t.get(id)? {
-            let f: Finished = serde_json::from_slice(v.value())
-                .map_err(|e| SpoolError::Corrupt(id, e.to_string()))?;
+            let b = v.value();
+            if b.len() < 9 {
+                return Err(SpoolError::Corrupt(id, "short finished record".into()));
+            }
+            let state = FinalState::from_u8(b[0])
+                .ok_or_else(|| SpoolError::Corrupt(id, format!("unknown state {}", b[0])))?;
+            let mut ts = [0u8; 8];
+            ts.copy_from_slice(&b[1..9]);
+            let f = Finished {
+                state,
+                finished_ms: u64::from_le_bytes(ts),
+                delivery: self.decode(id, &b[9..])?,
+            };
             return Ok(Some(Lookup::Finished(f)));
         }
         Ok(None)
@@ -508,14 +550,6 @@ pub fn disk_used_percent(dir: &Path) -> Option<f64> {
         return None;
     }
     Some(used * 100.0 / (used + avail))
-}
-
-fn encode(d: &Delivery) -> Result<Vec<u8>, SpoolError> {
-    serde_json::to_vec(d).map_err(|e| SpoolError::Corrupt(d.id, e.to_string()))
-}
-
-fn decode(id: u64, bytes: &[u8]) -> Result<Delivery, SpoolError> {
-    serde_json::from_slice(bytes).map_err(|e| SpoolError::Corrupt(id, e.to_string()))
 }
 
 const MAX_BATCH: usize = 8192;
@@ -648,7 +682,7 @@ mod tests {
             body_id,
             recipient: rcpt.into(),
             recipient_id: None,
-            campaign: Some("c".into()),
+            campaign: Some(Arc::from("c")),
             tenant: None,
             pool: None,
             priority: Priority::Bulk,
