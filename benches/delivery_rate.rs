@@ -56,7 +56,11 @@ async fn run() {
     let mut o = Opts::new(net);
     o.rules = Some(common::harness::catch_all(4, 1000, "idle_timeout = \"1s\""));
     std::fs::create_dir_all(dir.path().join("rules")).expect("rules dir");
-    std::fs::write(dir.path().join("rules/mx-rules.toml"), o.rules.clone().unwrap_or_default()).expect("rules");
+    std::fs::write(
+        dir.path().join("rules/mx-rules.toml"),
+        o.rules.clone().unwrap_or_default(),
+    )
+    .expect("rules");
     let text = config_text(dns.addr, &o) + "[rules]\nmx = \"rules/mx-rules.toml\"\n";
     std::fs::write(&cfg_path, text).expect("config");
     let cfg = Config::load(&cfg_path).expect("config");

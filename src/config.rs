@@ -333,18 +333,67 @@ fn default_prefix() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsCfg {
+    /// JSON-lines event log.
     #[serde(default = "default_events_path")]
     pub path: PathBuf,
+    /// Rotate the log once it passes this many bytes (0 = never).
+    #[serde(default)]
+    pub rotate_size: u64,
+    /// Rotated files kept (`events.jsonl.1` … `.N`).
+    #[serde(default = "default_rotate_keep")]
+    pub rotate_keep: u32,
+    /// PowerMTA-style accounting CSV (delivered / bounced / deferred records).
+    #[serde(default)]
+    pub csv_path: Option<PathBuf>,
+    /// `http://` or `https://` endpoint receiving batched events (JSON arrays).
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key for the `X-Sluice-Signature` header.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    /// Maximum events per POST.
+    #[serde(default = "default_webhook_batch")]
+    pub webhook_batch: usize,
+    /// Maximum wait before a partial batch is sent.
+    #[serde(default = "default_webhook_interval")]
+    pub webhook_interval: Dur,
+    /// Timeout of one POST (connect, TLS, request and response head).
+    #[serde(default = "default_webhook_timeout")]
+    pub webhook_timeout: Dur,
+    /// PEM CA bundle for `https://` webhooks (default `/etc/ssl/certs/ca-certificates.crt`).
+    #[serde(default)]
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 fn default_events_path() -> PathBuf {
     PathBuf::from("events.jsonl")
+}
+fn default_rotate_keep() -> u32 {
+    10
+}
+fn default_webhook_batch() -> usize {
+    500
+}
+fn default_webhook_interval() -> Dur {
+    Dur::secs(1)
+}
+fn default_webhook_timeout() -> Dur {
+    Dur::secs(10)
 }
 
 impl Default for EventsCfg {
     fn default() -> Self {
         EventsCfg {
             path: default_events_path(),
+            rotate_size: 0,
+            rotate_keep: default_rotate_keep(),
+            csv_path: None,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_batch: default_webhook_batch(),
+            webhook_interval: default_webhook_interval(),
+            webhook_timeout: default_webhook_timeout(),
+            webhook_ca_file: None,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Self-test of the integration-test kit (tests/common). Loopback only.
+//! Self-test of the integration-test kit (`sluice::testkit`, re-exported by tests/common).
+//! Loopback only.
 
 mod common;
 
@@ -220,4 +221,65 @@ async fn fake_mx_greylist_refuse_stall_starttls() {
     let mut buf = [0u8; 16];
     let res = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await;
     assert!(res.is_err(), "stalled server must not send anything");
+}
+
+#[tokio::test]
+async fn other_zone_loopback_only_and_errors_instead_of_panics() {
+    let ip = IpAddr::V4(Ipv4Addr::new(127, 77, 0, 3));
+    let dns = DnsBuilder::with_origin("demo")
+        .mx("shop.demo", 10, "mx.shop.demo")
+        .a("mx.shop.demo", MX_IP)
+        .try_start(ip)
+        .await
+        .unwrap();
+    let res = dns.resolver();
+    let mx = res.mx_lookup("shop.demo.").await.unwrap();
+    assert_eq!(mx.answers().len(), 1);
+    // "test." is not served by this authority
+    assert!(res.mx_lookup("a.test.").await.is_err());
+    dns.stop().await;
+
+    // a bad name is reported by try_start, not a panic
+    let err = DnsBuilder::new()
+        .mx("a.test", 10, "bad..name")
+        .try_start(ip)
+        .await
+        .err()
+        .expect("bad name refused");
+    assert!(err.to_string().contains("bad DNS name"), "{err}");
+
+    // never anything but loopback
+    let public = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    let err = DnsBuilder::new()
+        .try_start(public)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("not a loopback"), "{err}");
+    let err = FakeMx::try_start(public, 0, MxScript::default())
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("not a loopback"), "{err}");
+
+    // transaction times follow the transactions
+    let mx = FakeMx::try_start(ip, 0, MxScript::default()).await.unwrap();
+    let (rd, mut w) = TcpStream::connect(mx.addr).await.unwrap().into_split();
+    let mut r = BufReader::new(rd);
+    assert_eq!(read_reply(&mut r).await.0, 220);
+    for _ in 0..2 {
+        w.write_all(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n")
+            .await
+            .unwrap();
+        for code in [250, 250, 354] {
+            assert_eq!(read_reply(&mut r).await.0, code);
+        }
+        w.write_all(b"x\r\n.\r\n").await.unwrap();
+        assert_eq!(read_reply(&mut r).await.0, 250);
+    }
+    let times = mx.transaction_times();
+    assert_eq!(times.len(), 2);
+    assert!(times[0] <= times[1]);
+    assert_eq!(mx.peak_connections(), 1);
+    assert_eq!(mx.max_transactions_per_connection(), 2);
 }

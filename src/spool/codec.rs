@@ -107,7 +107,7 @@ pub fn encode(d: &Delivery, with_sender: bool) -> Vec<u8> {
     w.u(d.created_ms);
     w.u(d.expires_ms.saturating_sub(d.created_ms));
     w.u(d.attempts as u64);
-    w.u(d.next_ms.saturating_sub(d.created_ms));
+    w.u(d.next_ms);
     w.os(if with_sender {
         Some(&d.envelope_from)
     } else {
@@ -144,7 +144,7 @@ pub fn decode(id: u64, b: &[u8], sender: impl Fn(u64) -> String) -> Result<Deliv
     let created_ms = r.u()?;
     let expires_ms = created_ms.saturating_add(r.u()?);
     let attempts = r.u()? as u32;
-    let next_ms = created_ms.saturating_add(r.u()?);
+    let next_ms = r.u()?;
     let envelope_from = r.os()?.unwrap_or_else(|| sender(id));
     let n = r.u()? as usize;
     let mut history = Vec::with_capacity(n.min(16));
