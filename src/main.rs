@@ -66,6 +66,42 @@ enum Cmd {
         #[arg(long, default_value = "sluice.toml", global = true)]
         config: PathBuf,
     },
+    /// A fast fake MX for benchmarks and demos (PIPELINING, CHUNKING; counts what it gets).
+    Sink {
+        #[arg(long, default_value = "127.0.0.1:2526")]
+        listen: std::net::SocketAddr,
+        /// Pause before handling each read, to simulate a round-trip time.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Do not offer CHUNKING (BDAT).
+        #[arg(long)]
+        no_chunking: bool,
+        /// Per-recipient reply: SUBSTRING=CODE TEXT, e.g. "bad@=550 5.1.1 user unknown".
+        #[arg(long)]
+        reply: Vec<String>,
+    },
+    /// Load generator: inject recipients u<k>@d<k mod D>.test over HTTP or SMTP.
+    BenchInject {
+        /// The engine's HTTP API (batches of --batch recipients).
+        #[arg(long, conflicts_with = "smtp")]
+        http: Option<std::net::SocketAddr>,
+        /// The engine's SMTP submission listener (pipelined sessions).
+        #[arg(long)]
+        smtp: Option<std::net::SocketAddr>,
+        #[arg(long, default_value_t = 10_000)]
+        recipients: usize,
+        #[arg(long, default_value_t = 100)]
+        domains: usize,
+        /// Recipients per HTTP request or per SMTP transaction.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Concurrent HTTP clients or SMTP sessions.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 5120)]
+        size: usize,
+    },
     /// Campaigns of the running engine: list, pause, resume, cancel, rate cap.
     Campaign {
         #[command(subcommand)]
@@ -322,6 +358,76 @@ fn main() -> Result<()> {
                 _ => println!("{v}"),
             }
             Ok(())
+        }
+        Cmd::Sink {
+            listen,
+            delay_ms,
+            no_chunking,
+            reply,
+        } => {
+            let mut rcpt_codes = Vec::new();
+            for r in reply {
+                let (sub, rest) = r.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!("--reply {r:?}: expected SUBSTRING=CODE TEXT")
+                })?;
+                let (code, text) = rest.split_once(' ').unwrap_or((rest, ""));
+                let code: u16 = code
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--reply {r:?}: {code:?} is not a reply code"))?;
+                rcpt_codes.push((sub.to_string(), code, text.to_string()));
+            }
+            let opts = sluice::sink::SinkOptions {
+                delay: (delay_ms > 0).then(|| std::time::Duration::from_millis(delay_ms)),
+                chunking: !no_chunking,
+                rcpt_codes,
+            };
+            let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+            rt.block_on(async move {
+                let sink = sluice::sink::Sink::start(listen, opts)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                eprintln!("sink listening on {} (Ctrl-C to stop)", sink.addr);
+                let mut last = 0;
+                loop {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => break,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                            let m = sink.messages();
+                            println!("messages {m}  (+{}/s)  refused {}", m - last,
+                                sink.stats.refused.load(std::sync::atomic::Ordering::Relaxed));
+                            last = m;
+                        }
+                    }
+                }
+                Ok::<(), anyhow::Error>(())
+            })
+        }
+        Cmd::BenchInject {
+            http,
+            smtp,
+            recipients,
+            domains,
+            batch,
+            concurrency,
+            size,
+        } => {
+            let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+            rt.block_on(async move {
+                let content = sluice::loadgen::body(size);
+                let t0 = std::time::Instant::now();
+                match (http, smtp) {
+                    (Some(a), _) => sluice::loadgen::inject_http(a, recipients, domains, batch, concurrency, &content, "bench").await?,
+                    (None, Some(a)) => sluice::loadgen::inject_smtp(a, recipients, domains, batch, concurrency, &content).await?,
+                    (None, None) => bail!("give --http ADDR or --smtp ADDR"),
+                }
+                let secs = t0.elapsed().as_secs_f64();
+                println!(
+                    "{}",
+                    serde_json::json!({"recipients": recipients, "seconds": (secs * 1000.0).round() / 1000.0,
+                                       "recipients_per_second": (recipients as f64 / secs).round()})
+                );
+                Ok(())
+            })
         }
         Cmd::Bounce {
             cmd: BounceCmd::Classify { text, file, config },

@@ -20,12 +20,24 @@ pub struct SinkStats {
     pub refused: AtomicU64,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SinkOptions {
     /// Pause before handling each read (simulated round-trip time).
     pub delay: Option<Duration>,
+    /// Offer CHUNKING (BDAT); PIPELINING is always offered.
+    pub chunking: bool,
     /// `(substring, code, text)`: a recipient containing the substring gets this reply.
     pub rcpt_codes: Vec<(String, u16, String)>,
+}
+
+impl Default for SinkOptions {
+    fn default() -> Self {
+        SinkOptions {
+            delay: None,
+            chunking: true,
+            rcpt_codes: Vec::new(),
+        }
+    }
 }
 
 pub struct SinkHandler {
@@ -45,6 +57,9 @@ impl Handler for SinkHandler {
     }
     fn read_delay(&self) -> Option<Duration> {
         self.opts.delay
+    }
+    fn chunking(&self) -> bool {
+        self.opts.chunking
     }
     fn rcpt(&self, _peer: SocketAddr, address: &str) -> Result<String, String> {
         for (sub, code, text) in &self.opts.rcpt_codes {

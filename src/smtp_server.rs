@@ -29,6 +29,10 @@ pub trait Handler: Send + Sync + 'static {
     }
     /// Accept a recipient (returning it normalised) or refuse it with a reply line.
     fn rcpt(&self, peer: SocketAddr, address: &str) -> Result<String, String>;
+    /// Offer CHUNKING (BDAT, RFC 3030).
+    fn chunking(&self) -> bool {
+        true
+    }
     /// Pause before handling each read (simulated network round trip; benchmarks only).
     fn read_delay(&self) -> Option<Duration> {
         None
@@ -193,7 +197,8 @@ async fn session<H: Handler>(
                                     data: Vec::new(),
                                 };
                                 format!(
-                                    "250-{host} at your service\r\n250-PIPELINING\r\n250-SIZE {max_size}\r\n250-8BITMIME\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n"
+                                    "250-{host} at your service\r\n250-PIPELINING\r\n250-SIZE {max_size}\r\n250-8BITMIME\r\n{}250 ENHANCEDSTATUSCODES\r\n",
+                                    if handler.chunking() { "250-CHUNKING\r\n" } else { "" }
                                 )
                             }
                             Request::Helo { .. } => {

@@ -69,3 +69,67 @@ async fn status_and_level_talk_to_the_running_engine() {
     assert!(out.contains("reloaded"), "{out}");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn sink_and_bench_inject_reproduce_a_run() {
+    let net = 71;
+    let mut dns = DnsBuilder::new().a("mx.sink.test", common::harness::ip(net, 10));
+    for d in 0..10 {
+        dns = dns.mx(&format!("d{d}.test"), 10, "mx.sink.test");
+    }
+    let mut sink = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "sink",
+            "--listen",
+            &format!(
+                "{}:{}",
+                common::harness::ip(net, 10),
+                common::harness::MX_PORT
+            ),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sink");
+    // wait until the sink says it listens
+    let stderr = sink.stderr.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    })
+    .await
+    .unwrap();
+    assert!(line.contains("sink listening"), "{line}");
+    let mut h = Harness::start(dns, Opts::new(net)).await;
+    let addr = h.http().to_string();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        sluice(&[
+            "bench-inject",
+            "--http",
+            &addr,
+            "--recipients",
+            "200",
+            "--domains",
+            "10",
+            "--batch",
+            "50",
+            "--size",
+            "2000",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"recipients\":200"), "{out}");
+    for i in [0, 99, 199] {
+        h.wait_for("delivered", &format!("u{i}@d{}.test", i % 10))
+            .await;
+    }
+    let _ = sink.kill();
+    let _ = sink.wait();
+    h.shutdown().await;
+}
