@@ -594,6 +594,8 @@ impl Config {
         cfg.rules.mx = cfg.rules.mx.as_ref().map(|p| cfg.resolve(p));
         cfg.rules.bounce = cfg.rules.bounce.as_ref().map(|p| cfg.resolve(p));
         cfg.events.path = cfg.resolve(&cfg.events.path);
+        cfg.events.csv_path = cfg.events.csv_path.as_ref().map(|p| cfg.resolve(p));
+        cfg.events.webhook_ca_file = cfg.events.webhook_ca_file.as_ref().map(|p| cfg.resolve(p));
         Ok(cfg)
     }
 

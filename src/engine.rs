@@ -137,7 +137,7 @@ impl Engine {
             &cfg.verp.prefix,
             &cfg.verp.secret,
         ));
-        let (events, _events_task) = Events::start(&cfg.events.path)?;
+        let (events, _events_task) = Events::start_with(&cfg.events, Some(spool.clone()))?;
         let dns = Arc::new(Resolver::new(&cfg.dns)?);
         let rules = Arc::new(load_rules(&cfg)?);
         let sources = sources_of(&cfg);
@@ -401,6 +401,7 @@ impl Engine {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.events.close().await;
         let spool = self.spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.close()).await;
     }

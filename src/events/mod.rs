@@ -7,7 +7,7 @@
 //! | key | default | meaning |
 //! |-----|---------|---------|
 //! | `path` | `"events.jsonl"` | JSON-lines log, one event per line, opened in append mode. |
-//! | `rotate_size` | `0` (never) | When the log passes this many bytes it is rotated: `events.jsonl` → `events.jsonl.1`, `.1` → `.2`, … and a new file is opened. Rotation happens between two complete lines after a flush, so no line is lost or split. |
+//! | `rotate_size` | `0` (never) | When the log passes this many bytes it is rotated: `events.jsonl` → `events.jsonl.1`, `.1` → `.2`, … and a new file is opened. Rotation happens between two complete lines after a flush, so no line is lost or split. Applies to the JSON log only (not the CSV). |
 //! | `rotate_keep` | `10` | Rotated files kept; the oldest beyond it is dropped (`0` = rotated data is deleted). |
 //! | `csv_path` | none | PowerMTA-compatible accounting CSV (see below). |
 //! | `webhook_url` | none | `http://host[:port]/path` or `https://…` receiving batched events. |
