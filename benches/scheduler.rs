@@ -28,6 +28,7 @@ fn delivery(id: u64, domain: usize) -> Delivery {
         attempts: 0,
         next_ms: 0,
         history: Vec::new(),
+        vars: None,
     }
 }
 

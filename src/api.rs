@@ -93,6 +93,8 @@ enum RecipientIn {
         email: String,
         #[serde(default)]
         id: Option<String>,
+        #[serde(default)]
+        vars: Option<crate::template::Vars>,
     },
 }
 
@@ -166,8 +168,12 @@ async fn inject(State(st): St, body: Body) -> Response {
             .recipients
             .into_iter()
             .map(|r| match r {
-                RecipientIn::Plain(email) => RecipientSpec { email, id: None },
-                RecipientIn::Full { email, id } => RecipientSpec { email, id },
+                RecipientIn::Plain(email) => RecipientSpec {
+                    email,
+                    id: None,
+                    vars: None,
+                },
+                RecipientIn::Full { email, id, vars } => RecipientSpec { email, id, vars },
             })
             .collect(),
         content: req.content.into_bytes(),

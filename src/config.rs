@@ -122,6 +122,12 @@ pub struct Config {
     /// Campaign circuit breaker.
     #[serde(default)]
     pub campaigns: crate::campaign::BreakerCfg,
+    /// One-click unsubscribe (RFC 8058).
+    #[serde(default)]
+    pub unsubscribe: Option<crate::unsubscribe::UnsubscribeCfg>,
+    /// DKIM signing keys.
+    #[serde(default)]
+    pub dkim: Vec<crate::dkim::DkimCfg>,
     /// Folder of the config file; relative paths were resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -152,6 +158,9 @@ pub struct Listen {
     /// Feedback MX: receives returned bounces and FBL reports for the VERP domain.
     #[serde(default)]
     pub bounce: Option<SocketAddr>,
+    /// Public listener (one-click unsubscribe endpoint), separate from the admin API.
+    #[serde(default)]
+    pub public: Option<SocketAddr>,
 }
 
 fn default_http() -> SocketAddr {
@@ -171,6 +180,7 @@ impl Default for Listen {
             smtp: default_smtp(),
             smtp_allow: default_allow(),
             bounce: None,
+            public: None,
         }
     }
 }
@@ -262,6 +272,9 @@ pub struct DeliveryCfg {
     /// How long a host whose STARTTLS failed is contacted without TLS.
     #[serde(default = "default_tls_broken")]
     pub tls_broken_for: Dur,
+    /// What to do when DKIM signing fails: "defer" (default) or "send_unsigned".
+    #[serde(default)]
+    pub dkim_on_error: crate::render::DkimOnError,
     /// Concurrent outgoing connections in total.
     #[serde(default = "default_total")]
     pub max_connections: u32,
@@ -306,6 +319,7 @@ impl Default for DeliveryCfg {
             max_age: default_max_age(),
             tls: TlsMode::default(),
             tls_broken_for: default_tls_broken(),
+            dkim_on_error: Default::default(),
             max_connections: default_total(),
         }
     }
@@ -336,6 +350,10 @@ pub struct EventsCfg {
     /// JSON-lines event log.
     #[serde(default = "default_events_path")]
     pub path: PathBuf,
+    /// `Feedback-ID` header template for Gmail's feedback loop, e.g.
+    /// `"{campaign}:{tenant}:sluice"` (added when a message has none).
+    #[serde(default)]
+    pub feedback_id: Option<String>,
     /// Rotate the log once it passes this many bytes (0 = never).
     #[serde(default)]
     pub rotate_size: u64,
@@ -385,6 +403,7 @@ impl Default for EventsCfg {
     fn default() -> Self {
         EventsCfg {
             path: default_events_path(),
+            feedback_id: None,
             rotate_size: 0,
             rotate_keep: default_rotate_keep(),
             csv_path: None,
@@ -695,6 +714,18 @@ impl Config {
                     self.listen.http
                 ),
             );
+        }
+        if let Some(u) = &self.unsubscribe {
+            if u.secret.len() < 16 {
+                issue(
+                    "unsubscribe",
+                    "secret",
+                    "must be at least 16 characters".into(),
+                );
+            }
+            if !u.url.contains("{token}") {
+                issue("unsubscribe", "url", "must contain {token}".into());
+            }
         }
         if crate::rules::Level::parse(&self.rules.level).is_none() {
             issue(

@@ -38,6 +38,8 @@ pub enum EngineError {
     Metrics(#[from] MetricsError),
     #[error("bounce rules: {0}")]
     BounceRules(#[from] BounceRulesError),
+    #[error("DKIM: {0}")]
+    Dkim(#[from] crate::dkim::DkimError),
 }
 
 /// The bounce rules the config points at (or the built-in ones).
@@ -115,6 +117,7 @@ pub struct Engine {
     http_addr: SocketAddr,
     smtp_addr: Option<SocketAddr>,
     bounce_addr: Option<SocketAddr>,
+    public_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     spool: Spool,
@@ -226,6 +229,29 @@ impl Engine {
         }
         sched.add_many(recovered);
 
+        let signer = if cfg.dkim.is_empty() {
+            None
+        } else {
+            Some(Arc::new(crate::dkim::Signer::load(
+                &cfg.dkim,
+                &cfg.base_dir,
+            )?))
+        };
+        let renderer = Arc::new(crate::render::Renderer::new(
+            cfg.unsubscribe.clone(),
+            cfg.events.feedback_id.clone(),
+            signer,
+            cfg.delivery.dkim_on_error,
+        ));
+        let public_listener = match cfg.listen.public {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|e| EngineError::Listen(a, e))?,
+            ),
+            None => None,
+        };
+        let public_addr = public_listener.as_ref().and_then(|l| l.local_addr().ok());
         let ctx = Arc::new(Ctx {
             cfg: cfg.clone(),
             sched: sched.clone(),
@@ -238,6 +264,7 @@ impl Engine {
             metrics: metrics.clone(),
             quarantine: quarantine.clone(),
             campaigns: campaigns.clone(),
+            renderer,
         });
         let intake = Arc::new(Intake {
             cfg: cfg.clone(),
@@ -303,6 +330,26 @@ impl Engine {
                 shutdown_rx.clone(),
             )));
         }
+        if let (Some(l), Some(u)) = (public_listener, &cfg.unsubscribe) {
+            let state = Arc::new(crate::public::PublicState {
+                tokens: crate::unsubscribe::Tokens::new(&u.secret),
+                quarantine: quarantine.clone(),
+                events: events.clone(),
+                clock: clock.clone(),
+            });
+            let router = crate::public::router(state);
+            let mut prx = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = axum::serve(l, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = prx.changed().await;
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "public listener failed");
+                }
+            }));
+        }
         let router = api::router(Arc::new(ApiState {
             intake: intake.clone(),
             ctx: ctx.clone(),
@@ -365,6 +412,7 @@ impl Engine {
             http_addr,
             smtp_addr,
             bounce_addr,
+            public_addr,
             shutdown,
             tasks,
             spool,
@@ -379,6 +427,10 @@ impl Engine {
     }
     pub fn smtp_addr(&self) -> Option<SocketAddr> {
         self.smtp_addr
+    }
+    /// The public (unsubscribe) listener, when configured.
+    pub fn public_addr(&self) -> Option<SocketAddr> {
+        self.public_addr
     }
     /// The feedback (bounce) listener, when configured.
     pub fn bounce_addr(&self) -> Option<SocketAddr> {

@@ -21,13 +21,17 @@ pub mod intake;
 pub mod loadgen;
 pub mod metrics;
 pub mod quarantine;
+pub mod public;
 pub mod queue;
+pub mod render;
 pub mod rules;
 pub mod sink;
 pub mod smtp_server;
 pub mod spool;
+pub mod template;
 pub mod testkit;
 pub mod throttle;
+pub mod unsubscribe;
 pub mod verp;
 
 pub use clock::{Clock, ManualClock};

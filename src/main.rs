@@ -66,6 +66,12 @@ enum Cmd {
         #[arg(long, default_value = "sluice.toml", global = true)]
         config: PathBuf,
     },
+    /// A self-contained demo: engine, DNS authority and fake MX hosts on loopback, a sample
+    /// campaign, live progress and a summary (under a minute, needs nothing else).
+    Demo {
+        #[arg(long, default_value_t = 3000)]
+        recipients: usize,
+    },
     /// A fast fake MX for benchmarks and demos (PIPELINING, CHUNKING; counts what it gets).
     Sink {
         #[arg(long, default_value = "127.0.0.1:2526")]
@@ -357,6 +363,15 @@ fn main() -> Result<()> {
                 CampaignCmd::List => print!("{}", sluice::cli::render_campaigns(&v)),
                 _ => println!("{v}"),
             }
+            Ok(())
+        }
+        Cmd::Demo { recipients } => {
+            let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+            let summary = rt.block_on(sluice::demo::run(sluice::demo::DemoOptions {
+                recipients,
+                progress: true,
+            }))?;
+            println!("{summary}");
             Ok(())
         }
         Cmd::Sink {

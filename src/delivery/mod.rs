@@ -39,6 +39,7 @@ pub struct Ctx {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub quarantine: Arc<crate::quarantine::Quarantine>,
     pub campaigns: Arc<crate::campaign::Campaigns>,
+    pub renderer: Arc<crate::render::Renderer>,
 }
 
 /// Spawns a connection task for every request from the scheduler.
@@ -363,6 +364,20 @@ async fn serve_host(
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "message body unreadable");
+                let r = Reply {
+                    code: 451,
+                    enhanced: Some("4.3.0".into()),
+                    text: format!("local error: {e}"),
+                };
+                ctx.deferred(d, info_for(None, None, &r, None), Some(qid))
+                    .await;
+                continue;
+            }
+        };
+        let body = match ctx.renderer.render(&d, &body) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot render message");
                 let r = Reply {
                     code: 451,
                     enhanced: Some("4.3.0".into()),

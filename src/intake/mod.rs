@@ -22,6 +22,8 @@ use std::time::Duration;
 pub struct RecipientSpec {
     pub email: String,
     pub id: Option<String>,
+    /// Personalisation variables for `{{name}}` placeholders.
+    pub vars: Option<crate::template::Vars>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -69,6 +71,8 @@ pub enum IntakeError {
     TooManyRecipients(usize, usize),
     #[error("{0}")]
     Invalid(String),
+    #[error("content: {0}")]
+    Template(#[from] crate::template::TemplateError),
     #[error("{0}")]
     Busy(String),
     #[error("{0}")]
@@ -191,6 +195,7 @@ impl Intake {
             return Err(IntakeError::Invalid("expires_in must be above zero".into()));
         }
         let expires_ms = now + ttl.as_millis() as u64;
+        let template = crate::template::Template::parse(&prepared.content)?;
         let campaign_arc: Option<Arc<str>> = campaign.as_deref().map(Arc::from);
         let tenant_arc: Option<Arc<str>> = tenant.as_deref().map(Arc::from);
         let pool_arc: Option<Arc<str>> = pool.as_deref().map(Arc::from);
@@ -204,6 +209,16 @@ impl Intake {
                         error:
                             "recipient id must be at most 200 characters without control characters"
                                 .into(),
+                    });
+                    continue;
+                }
+            }
+            if !template.is_empty() {
+                let empty = crate::template::Vars::new();
+                if let Err(e) = template.check(r.vars.as_ref().unwrap_or(&empty)) {
+                    rejected.push(RejectedRecipient {
+                        recipient: r.email,
+                        error: e.to_string(),
                     });
                     continue;
                 }
@@ -239,6 +254,7 @@ impl Intake {
                         attempts: 0,
                         next_ms: now,
                         history: Vec::new(),
+                        vars: r.vars.filter(|v| !v.is_empty()).map(Box::new),
                     });
                 }
                 Err(e) => rejected.push(RejectedRecipient {

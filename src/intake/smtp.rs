@@ -45,7 +45,11 @@ impl Handler for SubmissionHandler {
         let sub = Submission {
             recipients: rcpts
                 .into_iter()
-                .map(|email| RecipientSpec { email, id: None })
+                .map(|email| RecipientSpec {
+                    email,
+                    id: None,
+                    vars: None,
+                })
                 .collect(),
             content,
             strip_intake_headers: true,

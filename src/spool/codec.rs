@@ -122,6 +122,16 @@ pub fn encode(d: &Delivery, with_sender: bool) -> Vec<u8> {
         w.os(a.enhanced.as_deref());
         w.s(&a.response);
     }
+    match &d.vars {
+        Some(v) => {
+            w.u(v.len() as u64);
+            for (k, val) in v.iter() {
+                w.s(k);
+                w.s(val);
+            }
+        }
+        None => w.u(0),
+    }
     w.0
 }
 
@@ -158,9 +168,22 @@ pub fn decode(id: u64, b: &[u8], sender: impl Fn(u64) -> String) -> Result<Deliv
             response: r.s()?,
         });
     }
+    let nv = r.u()? as usize;
+    let vars = if nv == 0 {
+        None
+    } else {
+        let mut m = crate::template::Vars::new();
+        for _ in 0..nv {
+            let k = r.s()?;
+            let v = r.s()?;
+            m.insert(k, v);
+        }
+        Some(Box::new(m))
+    };
     Ok(Delivery {
         id,
         body_id,
+        vars,
         recipient,
         recipient_id,
         campaign,
@@ -204,6 +227,11 @@ mod tests {
                 enhanced: Some("4.7.1".into()),
                 response: "451 4.7.1 later".into(),
             }],
+            vars: Some(Box::new(
+                [("first_name".to_string(), "Ana".to_string())]
+                    .into_iter()
+                    .collect(),
+            )),
         };
         assert_eq!(decode(77, &encode(&d, true), |_| String::new()).unwrap(), d);
         let short = encode(&d, false);

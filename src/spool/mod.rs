@@ -106,6 +106,9 @@ pub struct Delivery {
     /// The most recent attempts (at most [`MAX_HISTORY`]).
     #[serde(default)]
     pub history: Vec<Attempt>,
+    /// Personalisation variables (`{{name}}` placeholders), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vars: Option<Box<crate::template::Vars>>,
 }
 
 pub const MAX_HISTORY: usize = 10;
@@ -692,6 +695,7 @@ mod tests {
             attempts: 0,
             next_ms: 0,
             history: vec![],
+            vars: None,
         }
     }
 
