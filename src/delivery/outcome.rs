@@ -152,7 +152,7 @@ impl Ctx {
         {
             tracing::error!(error = %e, "cannot reset quarantine count");
         }
-        if let Err(e) = self.spool.finish(&d, FinalState::Delivered).await {
+        if let Err(e) = self.spool.finish_detached(&d, FinalState::Delivered) {
             tracing::error!(id = %id_str(d.id), error = %e, "cannot record delivery");
         }
         self.count(&d, qid, "delivered", true, now);
@@ -164,7 +164,7 @@ impl Ctx {
     pub async fn bounced(&self, mut d: Delivery, a: AttemptInfo, qid: Option<u64>) {
         let now = self.clock.now_ms();
         record(&mut d, &a, now);
-        if let Err(e) = self.spool.finish(&d, FinalState::Bounced).await {
+        if let Err(e) = self.spool.finish_detached(&d, FinalState::Bounced) {
             tracing::error!(id = %id_str(d.id), error = %e, "cannot record bounce");
         }
         self.count(&d, qid, "bounced", true, now);
@@ -195,7 +195,7 @@ impl Ctx {
             .unwrap_or(300_000);
         let jitter = rand::rng().random_range(0..=base / 5);
         d.next_ms = now + base - base / 10 + jitter;
-        if let Err(e) = self.spool.update(&d).await {
+        if let Err(e) = self.spool.update_detached(&d) {
             tracing::error!(id = %id_str(d.id), error = %e, "cannot record deferral");
         }
         self.count(&d, qid, "deferred", false, now);

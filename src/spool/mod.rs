@@ -217,7 +217,7 @@ struct Inner {
     path: PathBuf,
     last_id: AtomicU64,
     clock: Clock,
-    body_cache: DashMap<u64, Arc<Vec<u8>>>,
+    body_cache: Arc<DashMap<u64, Arc<Vec<u8>>>>,
     commits: Arc<AtomicU64>,
     /// Recomputes envelope senders, so records need not store them.
     verp: std::sync::OnceLock<crate::verp::Verp>,
@@ -255,9 +255,11 @@ impl Spool {
         let w_db = db.clone();
         let w_commits = commits.clone();
         let w_clock = clock.clone();
+        let body_cache: Arc<DashMap<u64, Arc<Vec<u8>>>> = Arc::new(DashMap::new());
+        let w_cache = body_cache.clone();
         let writer = std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer_loop(w_db, rx, w_commits, w_clock, keep_finished_ms))
+            .spawn(move || writer_loop(w_db, rx, w_commits, w_clock, keep_finished_ms, w_cache))
             .map_err(|e| SpoolError::Open {
                 path: path.to_path_buf(),
                 msg: e.to_string(),
@@ -270,7 +272,7 @@ impl Spool {
                 path: path.to_path_buf(),
                 last_id: AtomicU64::new(0),
                 clock,
-                body_cache: DashMap::new(),
+                body_cache,
                 commits,
                 verp: std::sync::OnceLock::new(),
             }),
@@ -377,17 +379,33 @@ impl Spool {
             record,
             reply,
         })?;
-        let r = rx.await.map_err(|_| SpoolError::Closed)?;
-        if r.is_ok() && !self.body_in_use(d.body_id)? {
-            self.inner.body_cache.remove(&d.body_id);
-        }
-        r
+        rx.await.map_err(|_| SpoolError::Closed)?
     }
 
-    fn body_in_use(&self, body_id: u64) -> Result<bool, SpoolError> {
-        let tx = self.inner.db.begin_read()?;
-        let t = tx.open_table(REFS)?;
-        Ok(t.get(body_id)?.is_some())
+    /// Like [`Spool::finish`], without waiting for the commit: the connection goes on with its
+    /// next transaction while the outcome joins the next group commit. A crash before that
+    /// commit means the delivery is sent again (the same as a kill mid-transaction).
+    pub fn finish_detached(&self, d: &Delivery, state: FinalState) -> Result<(), SpoolError> {
+        let mut record = vec![state as u8];
+        record.extend_from_slice(&self.inner.clock.now_ms().to_le_bytes());
+        record.extend_from_slice(&self.encode(d));
+        let (reply, _) = oneshot::channel();
+        self.send(Op::Finish {
+            id: d.id,
+            body_id: d.body_id,
+            record,
+            reply,
+        })
+    }
+
+    /// Like [`Spool::update`], without waiting for the commit.
+    pub fn update_detached(&self, d: &Delivery) -> Result<(), SpoolError> {
+        let (reply, _) = oneshot::channel();
+        self.send(Op::Update {
+            id: d.id,
+            record: self.encode(d),
+            reply,
+        })
     }
 
     /// The body of a message, from a small cache or the file.
@@ -563,6 +581,7 @@ fn writer_loop(
     commits: Arc<AtomicU64>,
     clock: Clock,
     keep_finished_ms: u64,
+    body_cache: Arc<DashMap<u64, Arc<Vec<u8>>>>,
 ) {
     let mut last_prune = 0u64;
     while let Ok(first) = rx.recv() {
@@ -580,7 +599,11 @@ fn writer_loop(
         } else {
             None
         };
-        let result = apply(&db, &batch, prune_before);
+        let mut released = Vec::new();
+        let result = apply(&db, &batch, prune_before, &mut released);
+        for b in released {
+            body_cache.remove(&b);
+        }
         if result.is_ok() {
             commits.fetch_add(1, Ordering::Relaxed);
         } else if let Err(e) = &result {
@@ -602,7 +625,12 @@ fn writer_loop(
     }
 }
 
-fn apply(db: &Database, batch: &[Op], prune_before: Option<u64>) -> Result<(), SpoolError> {
+fn apply(
+    db: &Database,
+    batch: &[Op],
+    prune_before: Option<u64>,
+    released: &mut Vec<u64>,
+) -> Result<(), SpoolError> {
     let mut tx = db.begin_write()?;
     tx.set_durability(Durability::Immediate)?;
     {
@@ -644,6 +672,7 @@ fn apply(db: &Database, batch: &[Op], prune_before: Option<u64>) -> Result<(), S
                     if left <= 1 {
                         refs.remove(*body_id)?;
                         bodies.remove(*body_id)?;
+                        released.push(*body_id);
                     } else {
                         refs.insert(*body_id, left - 1)?;
                     }
