@@ -51,11 +51,13 @@ fn bench(c: &mut Criterion) {
         }];
         let (sched, mut feeds) = Scheduler::new(
             Clock::System,
-            sources,
-            Vec::new(),
-            rules,
-            Level::Boost,
-            Default::default(),
+            sluice::queue::Setup {
+                sources,
+                pools: Vec::new(),
+                rules,
+                level: Level::Boost,
+                source_levels: Default::default(),
+            },
             metrics,
             campaigns,
         );

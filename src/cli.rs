@@ -172,7 +172,7 @@ pub fn render_status(v: &Value) -> String {
             "{:<12} {:<12} {:<10} {:<28} {:>7} {:>6} {:>9} {:>15}  {}\n",
             cut(&num(&p["id"]), 12),
             cut(&num(&p["rule"]), 12),
-            cut(&p["source"].as_str().unwrap_or("(shared)").to_string(), 10),
+            cut(p["source"].as_str().unwrap_or("(shared)"), 10),
             cut(&num(&p["destination"]), 28),
             num(&p["queued"]),
             num(&p["in_flight"]),

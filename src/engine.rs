@@ -175,11 +175,13 @@ impl Engine {
         metrics.init_bounce(&tr);
         let (sched, feeds) = Scheduler::new(
             clock.clone(),
-            sources,
-            pools,
-            rules,
-            level,
-            source_levels,
+            crate::queue::Setup {
+                sources,
+                pools,
+                rules,
+                level,
+                source_levels,
+            },
             metrics.clone(),
             campaigns.clone(),
         );

@@ -123,15 +123,31 @@ async fn kill_9_loses_no_acknowledged_delivery() {
 async fn graceful_shutdown_finishes_transactions_under_way() {
     let net = 52;
     // a slow MX: every reply takes 100 ms, so transactions are in flight at the stop
-    let mx = FakeMx::start(ipa(net, 2), MX_PORT, MxScript { delay: Some(Duration::from_millis(100)), ..Default::default() }).await;
+    let mx = FakeMx::start(
+        ipa(net, 2),
+        MX_PORT,
+        MxScript {
+            delay: Some(Duration::from_millis(100)),
+            ..Default::default()
+        },
+    )
+    .await;
     let mut o = Opts::new(net);
     o.rules = Some(common::harness::catch_all(2, 100, ""));
     let mut h = Harness::start(dns(net), o).await;
     let rcpts: Vec<String> = (0..12).map(|i| format!("g{i}@a.test")).collect();
     let body = serde_json::json!({"recipients": rcpts, "content": message("x")});
-    let (code, _) = http(h.http(), "POST", "/api/v1/messages", Some(&body.to_string()), None).await;
+    let (code, _) = http(
+        h.http(),
+        "POST",
+        "/api/v1/messages",
+        Some(&body.to_string()),
+        None,
+    )
+    .await;
     assert_eq!(code, 202);
-    h.wait_event("first delivery", |e| e.event == "delivered").await;
+    h.wait_event("first delivery", |e| e.event == "delivered")
+        .await;
     h.shutdown_keep_config().await; // stops while the next transactions are under way
     let before = mx.transactions().len();
     assert!(before < 12, "the stop came before the end");

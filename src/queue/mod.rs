@@ -110,6 +110,16 @@ struct Inner {
     next_sweep: u64,
 }
 
+/// Sources, pools, rules and levels a scheduler starts with.
+pub struct Setup {
+    pub sources: Vec<Source>,
+    /// Named pools: (name, source names). Empty = one `default` pool of every source.
+    pub pools: Vec<(String, Vec<String>)>,
+    pub rules: Arc<RuleSet>,
+    pub level: Level,
+    pub source_levels: HashMap<String, Level>,
+}
+
 /// What a connection does next.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // moved once per transaction; boxing would only add an allocation
@@ -160,14 +170,17 @@ const SWEEP_MS: u64 = 60_000;
 impl Scheduler {
     pub fn new(
         clock: Clock,
-        sources: Vec<Source>,
-        pools: Vec<(String, Vec<String>)>,
-        rules: Arc<RuleSet>,
-        level: Level,
-        source_levels: HashMap<String, Level>,
+        setup: Setup,
         metrics: Arc<crate::metrics::Metrics>,
         campaigns: Arc<crate::campaign::Campaigns>,
     ) -> (Arc<Scheduler>, Feeds) {
+        let Setup {
+            sources,
+            pools,
+            rules,
+            level,
+            source_levels,
+        } = setup;
         for r in &rules.rules {
             metrics.init_rule(&r.name);
         }
