@@ -67,6 +67,21 @@ fn short(a: &AttemptInfo) -> String {
 }
 
 impl Ctx {
+    /// Emit an event once its spool write is committed (so the API agrees with the event),
+    /// without making the connection wait for that commit.
+    fn emit_after(&self, committed: Option<crate::spool::Committed>, ev: Event) {
+        match committed {
+            Some(c) => {
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    let _ = c.await;
+                    events.emit(ev);
+                });
+            }
+            None => self.events.emit(ev),
+        }
+    }
+
     /// Campaign counters and the circuit breaker.
     async fn campaign(&self, d: &Delivery, result: &str, hard: bool, complaint: bool) {
         if let Some(reason) = self
@@ -152,21 +167,29 @@ impl Ctx {
         {
             tracing::error!(error = %e, "cannot reset quarantine count");
         }
-        if let Err(e) = self.spool.finish_detached(&d, FinalState::Delivered) {
-            tracing::error!(id = %id_str(d.id), error = %e, "cannot record delivery");
-        }
+        let committed = match self.spool.finish_detached(&d, FinalState::Delivered) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(id = %id_str(d.id), error = %e, "cannot record delivery");
+                None
+            }
+        };
         self.count(&d, qid, "delivered", true, now);
         self.campaign(&d, "delivered", false, false).await;
-        self.events.emit(attempt_event("delivered", &d, &a, now));
+        self.emit_after(committed, attempt_event("delivered", &d, &a, now));
         self.sched.settle(qid, Some(short(&a)));
     }
 
     pub async fn bounced(&self, mut d: Delivery, a: AttemptInfo, qid: Option<u64>) {
         let now = self.clock.now_ms();
         record(&mut d, &a, now);
-        if let Err(e) = self.spool.finish_detached(&d, FinalState::Bounced) {
-            tracing::error!(id = %id_str(d.id), error = %e, "cannot record bounce");
-        }
+        let committed = match self.spool.finish_detached(&d, FinalState::Bounced) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(id = %id_str(d.id), error = %e, "cannot record bounce");
+                None
+            }
+        };
         self.count(&d, qid, "bounced", true, now);
         let (t, r) = self.qualify(&a);
         self.final_failure(&d, t, r, &a.response, now).await;
@@ -176,7 +199,7 @@ impl Ctx {
         ev.bounce_type = Some(t.as_str().into());
         ev.bounce_reason = Some(r.as_str().into());
         ev.bounce_source = Some("smtp".into());
-        self.events.emit(ev);
+        self.emit_after(committed, ev);
         self.sched.settle(qid, Some(short(&a)));
     }
 
@@ -195,9 +218,13 @@ impl Ctx {
             .unwrap_or(300_000);
         let jitter = rand::rng().random_range(0..=base / 5);
         d.next_ms = now + base - base / 10 + jitter;
-        if let Err(e) = self.spool.update_detached(&d) {
-            tracing::error!(id = %id_str(d.id), error = %e, "cannot record deferral");
-        }
+        let committed = match self.spool.update_detached(&d) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(id = %id_str(d.id), error = %e, "cannot record deferral");
+                None
+            }
+        };
         self.count(&d, qid, "deferred", false, now);
         self.campaign(&d, "deferred", false, false).await;
         let (t, r) = self.qualify(&a);
@@ -205,7 +232,7 @@ impl Ctx {
         ev.bounce_type = Some(t.as_str().into());
         ev.bounce_reason = Some(r.as_str().into());
         ev.next_attempt = Some(rfc3339(d.next_ms.min(d.expires_ms)));
-        self.events.emit(ev);
+        self.emit_after(committed, ev);
         self.sched.add(d);
         self.sched.settle(qid, Some(short(&a)));
     }

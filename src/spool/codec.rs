@@ -240,6 +240,7 @@ mod tests {
         let fresh = Delivery {
             history: vec![],
             attempts: 0,
+            vars: None,
             ..d.clone()
         };
         assert!(

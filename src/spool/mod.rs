@@ -204,6 +204,9 @@ enum Op {
     },
 }
 
+/// Resolves when a detached write is committed (or failed).
+pub type Committed = oneshot::Receiver<Result<(), SpoolError>>;
+
 /// Handle to the spool. Cheap to clone.
 #[derive(Clone)]
 pub struct Spool {
@@ -385,27 +388,34 @@ impl Spool {
     /// Like [`Spool::finish`], without waiting for the commit: the connection goes on with its
     /// next transaction while the outcome joins the next group commit. A crash before that
     /// commit means the delivery is sent again (the same as a kill mid-transaction).
-    pub fn finish_detached(&self, d: &Delivery, state: FinalState) -> Result<(), SpoolError> {
+    /// The returned receiver says when the commit is done.
+    pub fn finish_detached(
+        &self,
+        d: &Delivery,
+        state: FinalState,
+    ) -> Result<Committed, SpoolError> {
         let mut record = vec![state as u8];
         record.extend_from_slice(&self.inner.clock.now_ms().to_le_bytes());
         record.extend_from_slice(&self.encode(d));
-        let (reply, _) = oneshot::channel();
+        let (reply, rx) = oneshot::channel();
         self.send(Op::Finish {
             id: d.id,
             body_id: d.body_id,
             record,
             reply,
-        })
+        })?;
+        Ok(rx)
     }
 
     /// Like [`Spool::update`], without waiting for the commit.
-    pub fn update_detached(&self, d: &Delivery) -> Result<(), SpoolError> {
-        let (reply, _) = oneshot::channel();
+    pub fn update_detached(&self, d: &Delivery) -> Result<Committed, SpoolError> {
+        let (reply, rx) = oneshot::channel();
         self.send(Op::Update {
             id: d.id,
             record: self.encode(d),
             reply,
-        })
+        })?;
+        Ok(rx)
     }
 
     /// The body of a message, from a small cache or the file.
