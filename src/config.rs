@@ -128,6 +128,9 @@ pub struct Config {
     /// DKIM signing keys.
     #[serde(default)]
     pub dkim: Vec<crate::dkim::DkimCfg>,
+    /// Sender brand domains (aligned VERP).
+    #[serde(default)]
+    pub senders: Vec<SenderCfg>,
     /// Folder of the config file; relative paths were resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -338,6 +341,25 @@ pub struct VerpCfg {
     /// feedback loops; the feedback listener accepts ARF reports for it.
     #[serde(default)]
     pub fbl_address: Option<String>,
+    /// Aligned VERP: mail from a `[[senders]]` domain uses `<subdomain>.<its domain>`.
+    #[serde(default)]
+    pub subdomain: Option<String>,
+    /// Host name of sluice's feedback MX (what the feedback subdomains' MX point to).
+    #[serde(default)]
+    pub bounce_host: Option<String>,
+    /// A host that has that MX, for DNS providers that can only create a CNAME.
+    #[serde(default)]
+    pub cname_target: Option<String>,
+}
+
+/// A sender brand's domain (aligned VERP, DNS records).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderCfg {
+    pub domain: String,
+    /// DKIM selector used for this domain (informational, for `sluice domain records`).
+    #[serde(default)]
+    pub dkim_selector: Option<String>,
 }
 
 fn default_prefix() -> String {
@@ -575,6 +597,13 @@ impl Cidr {
 }
 
 impl Config {
+    /// The VERP signer with aligned sender domains.
+    pub fn verp(&self) -> crate::verp::Verp {
+        let senders: Vec<String> = self.senders.iter().map(|s| s.domain.clone()).collect();
+        crate::verp::Verp::new(&self.verp.domain, &self.verp.prefix, &self.verp.secret)
+            .with_senders(self.verp.subdomain.as_deref(), &senders)
+    }
+
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -14,7 +14,6 @@ use crate::quarantine::Quarantine;
 use crate::queue::{Scheduler, Source};
 use crate::rules::{Level, RuleSet, RulesError};
 use crate::spool::{Spool, SpoolError};
-use crate::verp::Verp;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -135,11 +134,7 @@ impl Engine {
             clock.clone(),
             cfg.spool.retention.0.as_millis() as u64,
         )?;
-        spool.set_verp(Verp::new(
-            &cfg.verp.domain,
-            &cfg.verp.prefix,
-            &cfg.verp.secret,
-        ));
+        spool.set_verp(cfg.verp());
         let (events, _events_task) = Events::start_with(&cfg.events, Some(spool.clone()))?;
         let dns = Arc::new(Resolver::new(&cfg.dns)?);
         let rules = Arc::new(load_rules(&cfg)?);
@@ -273,7 +268,7 @@ impl Engine {
             spool: spool.clone(),
             sched: sched.clone(),
             events: events.clone(),
-            verp: Verp::new(&cfg.verp.domain, &cfg.verp.prefix, &cfg.verp.secret),
+            verp: cfg.verp(),
             clock: clock.clone(),
             metrics: metrics.clone(),
             quarantine: quarantine.clone(),
@@ -317,7 +312,7 @@ impl Engine {
                 .map(|a| a.split('@').next().unwrap_or(a).to_ascii_lowercase());
             let handler = Arc::new(crate::feedback::FeedbackHandler {
                 hostname: cfg.hostname.clone(),
-                verp: Verp::new(&cfg.verp.domain, &cfg.verp.prefix, &cfg.verp.secret),
+                verp: cfg.verp(),
                 fbl_local,
                 spool: spool.clone(),
                 quarantine: quarantine.clone(),

@@ -175,10 +175,10 @@ impl Handler for FeedbackHandler {
         let Some((local, domain)) = a.rsplit_once('@') else {
             return Err("550 5.1.3 bad address".into());
         };
-        if domain != self.verp.domain() {
+        if !self.verp.is_ours(domain) {
             return Err(format!(
                 "550 5.7.1 relay not permitted: this host only takes mail for {}",
-                self.verp.domain()
+                self.verp.domains().join(", ")
             ));
         }
         if self.is_role(local) {

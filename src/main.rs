@@ -485,6 +485,15 @@ fn main() -> Result<()> {
                 },
                 None => println!("(built-in bounce rules)"),
             }
+            if !cfg.dkim.is_empty() {
+                match sluice::dkim::Signer::load(&cfg.dkim, &cfg.base_dir) {
+                    Ok(s) => println!("DKIM: {} signing keys loaded", s.len()),
+                    Err(e) => {
+                        eprintln!("{}: {e}", config.display());
+                        bail!("DKIM keys are invalid (mail would not be signed)");
+                    }
+                }
+            }
             println!(
                 "{}: ok (hostname {}, http {}, smtp {}, spool {})",
                 config.display(),
@@ -502,7 +511,7 @@ fn main() -> Result<()> {
             cmd: VerpCmd::Decode { address, config },
         } => {
             let cfg = load(&config)?;
-            let v = sluice::verp::Verp::new(&cfg.verp.domain, &cfg.verp.prefix, &cfg.verp.secret);
+            let v = cfg.verp();
             match v.decode(&address) {
                 Ok(id) => {
                     println!("{}", sluice::verp::id_str(id));

@@ -30,6 +30,9 @@ pub struct Verp {
     domain: String,
     prefix: String,
     key: Vec<u8>,
+    /// Aligned VERP: `<subdomain>.<sender domain>` for these sender domains.
+    subdomain: Option<String>,
+    senders: Vec<String>,
 }
 
 /// Format a delivery id as the 16-digit lowercase hex string used everywhere outside.
@@ -51,7 +54,62 @@ impl Verp {
             domain: domain.trim().to_ascii_lowercase(),
             prefix: prefix.to_ascii_lowercase(),
             key: secret.as_bytes().to_vec(),
+            subdomain: None,
+            senders: Vec::new(),
         }
+    }
+
+    /// Aligned VERP: mail whose From: domain is one of `senders` gets its envelope on
+    /// `<subdomain>.<that domain>`; any other From: domain uses the fallback `domain`.
+    pub fn with_senders(mut self, subdomain: Option<&str>, senders: &[String]) -> Verp {
+        self.subdomain = subdomain
+            .map(|s| s.trim().trim_matches('.').to_ascii_lowercase())
+            .filter(|s| !s.is_empty());
+        self.senders = senders
+            .iter()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .collect();
+        self
+    }
+
+    /// The VERP domain for mail from `from_domain`.
+    pub fn domain_for(&self, from_domain: Option<&str>) -> String {
+        match (&self.subdomain, from_domain) {
+            (Some(sub), Some(f)) if self.senders.iter().any(|s| s.eq_ignore_ascii_case(f)) => {
+                format!("{sub}.{}", f.to_ascii_lowercase())
+            }
+            _ => self.domain.clone(),
+        }
+    }
+
+    /// Every domain whose VERP addresses this instance accepts.
+    pub fn domains(&self) -> Vec<String> {
+        let mut v = vec![self.domain.clone()];
+        if let Some(sub) = &self.subdomain {
+            v.extend(self.senders.iter().map(|s| format!("{sub}.{s}")));
+        }
+        v
+    }
+
+    /// Is this one of our VERP domains?
+    pub fn is_ours(&self, domain: &str) -> bool {
+        let d = domain.to_ascii_lowercase();
+        d == self.domain
+            || self
+                .subdomain
+                .as_ref()
+                .is_some_and(|sub| self.senders.iter().any(|s| d == format!("{sub}.{s}")))
+    }
+
+    /// The envelope sender for delivery `id` on a given VERP domain.
+    pub fn encode_on(&self, id: u64, domain: &str) -> String {
+        let mut s = self.encode(id);
+        if domain != self.domain {
+            let at = s.rfind('@').unwrap_or(s.len());
+            s.truncate(at + 1);
+            s.push_str(domain);
+        }
+        s
     }
 
     fn mac(&self, id: u64) -> [u8; 8] {
@@ -94,7 +152,7 @@ impl Verp {
             .trim_end_matches('>')
             .to_ascii_lowercase();
         let (local, domain) = addr.rsplit_once('@').ok_or(VerpError::Malformed)?;
-        if domain != self.domain {
+        if !self.is_ours(domain) {
             return Err(VerpError::WrongDomain(self.domain.clone()));
         }
         let code = local
@@ -139,6 +197,23 @@ mod tests {
         assert_eq!(v().decode(&a), Ok(0x0190_abcd_ef01_2345));
         assert_eq!(v().decode(&a.to_uppercase()), Ok(0x0190_abcd_ef01_2345));
         assert_eq!(v().decode(&format!("<{a}>")), Ok(0x0190_abcd_ef01_2345));
+    }
+
+    #[test]
+    fn aligned_domains() {
+        let v = v().with_senders(Some("feedback"), &["brand.example".into()]);
+        assert_eq!(
+            v.domain_for(Some("Brand.Example")),
+            "feedback.brand.example"
+        );
+        assert_eq!(v.domain_for(Some("other.example")), "fb.example.com");
+        let a = v.encode_on(9, "feedback.brand.example");
+        assert!(a.ends_with("@feedback.brand.example"));
+        assert_eq!(v.decode(&a), Ok(9));
+        assert!(matches!(
+            v.decode(&a.replace("feedback.brand", "feedback.evil")),
+            Err(VerpError::WrongDomain(_))
+        ));
     }
 
     #[test]

@@ -202,3 +202,101 @@ async fn one_click_unsubscribe_end_to_end() {
     );
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn aligned_verp_and_dkim_end_to_end() {
+    let net = 122;
+    // an Ed25519 key for brand.test; its public TXT is short enough for the test authority
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("ed.pem");
+    let out = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&key)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success());
+    let signer = sluice::dkim::Signer::load(
+        &[sluice::dkim::DkimCfg {
+            domain: "brand.test".into(),
+            selector: "s1".into(),
+            key: key.clone(),
+            headers: None,
+        }],
+        dir.path(),
+    )
+    .unwrap();
+    let txt = signer.public_key_txt("brand.test", "s1").unwrap();
+    let mx = FakeMx::start(ipa(net, 2), MX_PORT, MxScript::default()).await;
+    let mut o = Opts::new(net);
+    o.listen = "bounce = \"127.0.0.1:0\"".into();
+    o.extra = format!(
+        "[[senders]]\ndomain = \"brand.test\"\n[[dkim]]\ndomain = \"brand.test\"\nselector = \"s1\"\nkey = \"{}\"\n",
+        key.display()
+    );
+    let dnsb = dns(net).txt("s1._domainkey.brand.test", &txt);
+    let mut h = Harness::start(dnsb, o).await;
+    h.shutdown_keep_config().await;
+    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
+        "prefix = \"b\"\n",
+        "prefix = \"b\"\nsubdomain = \"feedback\"\n",
+    );
+    std::fs::write(&h.config_path, text).unwrap();
+    h.restart().await;
+
+    let body = json!({"campaign": "brand", "recipients": [{"email": "gone@a.test", "id": "crm-9"}],
+        "content": "From: Brand <news@brand.test>\r\nTo: gone@a.test\r\nSubject: aligned\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\nHello.\r\n"});
+    let (c, v) = http(
+        h.http(),
+        "POST",
+        "/api/v1/messages",
+        Some(&body.to_string()),
+        None,
+    )
+    .await;
+    assert_eq!(c, 202, "{v}");
+    let envelope = v["messages"][0]["envelope_from"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(envelope.ends_with("@feedback.brand.test"), "{envelope}");
+    h.wait_for("delivered", "gone@a.test").await;
+    let t = mx.wait_transactions(1, Duration::from_secs(20)).await;
+    assert_eq!(t[0].mail_from, envelope);
+    // DKIM: signed, and mail-auth verifies it through the test DNS authority
+    let data = t[0].data.clone();
+    assert!(
+        String::from_utf8_lossy(&data).starts_with("DKIM-Signature:"),
+        "signed"
+    );
+    let auth = mail_auth::MessageAuthenticator(common::dns::resolver_for(h.dns.addr));
+    let parsed = mail_auth::AuthenticatedMessage::parse(&data).unwrap();
+    let results = auth.verify_dkim(&parsed).await;
+    assert!(
+        !results.is_empty()
+            && results
+                .iter()
+                .all(|r| *r.result() == mail_auth::DkimResult::Pass),
+        "{results:?}"
+    );
+
+    // the brand's bounce comes back to feedback.brand.test and is linked and qualified
+    let dsn = format!(
+        "From: MAILER-DAEMON@remote.test\r\nTo: {envelope}\r\nSubject: failure\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"X\"\r\n\r\n--X\r\nContent-Type: text/plain\r\n\r\nfailed\r\n\r\n--X\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; remote.test\r\n\r\nFinal-Recipient: rfc822; gone@a.test\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n--X--\r\n.\r\n"
+    );
+    let (mut s, _) = common::harness::SmtpClient::connect(h.engine().bounce_addr().unwrap()).await;
+    s.cmd("EHLO remote.test").await;
+    s.cmd("MAIL FROM:<>").await;
+    let r = s.cmd(&format!("RCPT TO:<{envelope}>")).await;
+    assert!(r.starts_with("250"), "{r}");
+    assert!(s.cmd("DATA").await.starts_with("354"));
+    s.send(&dsn).await;
+    assert!(s.reply().await.starts_with("250"));
+    let ev = h
+        .wait_event("returned", |e| {
+            e.event == "bounced" && e.bounce_source.as_deref() == Some("returned")
+        })
+        .await;
+    assert_eq!(ev.recipient_id.as_deref(), Some("crm-9"));
+    assert_eq!(ev.bounce_reason.as_deref(), Some("user_unknown"));
+    h.shutdown().await;
+}

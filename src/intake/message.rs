@@ -28,6 +28,8 @@ pub struct IntakeHeaders {
 pub struct Prepared {
     pub content: Vec<u8>,
     pub headers: IntakeHeaders,
+    /// Domain of the From: address (lowercase), when it has one.
+    pub from_domain: Option<String>,
 }
 
 /// Normalise and check a message; `strip_intake` removes X-Sluice-* / x-job / x-virtual-mta.
@@ -104,6 +106,10 @@ pub fn prepare(
     if froms > 1 {
         return Err(MessageError::SeveralFrom(froms));
     }
+    let from_domain = fields
+        .iter()
+        .find(|(n, _)| is(n, "From"))
+        .and_then(|(_, v)| from_domain_of(&value(v)));
     let binary = fields.iter().any(|(n, v)| {
         is(n, "Content-Transfer-Encoding") && value(v).eq_ignore_ascii_case("binary")
     });
@@ -155,7 +161,18 @@ pub fn prepare(
     Ok(Prepared {
         content: out,
         headers,
+        from_domain,
     })
+}
+
+/// The domain of the (first) address in a From: value: `Name <a@b>` or `a@b`.
+fn from_domain_of(v: &str) -> Option<String> {
+    let addr = match (v.rfind('<'), v.rfind('>')) {
+        (Some(a), Some(b)) if a < b => &v[a + 1..b],
+        _ => v.split_whitespace().find(|w| w.contains('@')).unwrap_or(v),
+    };
+    let d = addr.rsplit_once('@')?.1.trim().trim_end_matches('>');
+    (!d.is_empty()).then(|| d.to_ascii_lowercase())
 }
 
 fn value(raw: &[u8]) -> String {
@@ -205,6 +222,14 @@ mod tests {
             "{s}"
         );
         assert!(s.ends_with("Subject: hi\r\n\r\nbody\r\n"), "{s}");
+    }
+
+    #[test]
+    fn finds_the_from_domain() {
+        let r = p("From: Shop <News@Brand.Example>\nSubject: x\n\nb").unwrap();
+        assert_eq!(r.from_domain.as_deref(), Some("brand.example"));
+        let r = p("From: a@b.test\n\nb").unwrap();
+        assert_eq!(r.from_domain.as_deref(), Some("b.test"));
     }
 
     #[test]

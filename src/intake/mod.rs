@@ -196,6 +196,7 @@ impl Intake {
         }
         let expires_ms = now + ttl.as_millis() as u64;
         let template = crate::template::Template::parse(&prepared.content)?;
+        let verp_domain = self.verp.domain_for(prepared.from_domain.as_deref());
         let campaign_arc: Option<Arc<str>> = campaign.as_deref().map(Arc::from);
         let tenant_arc: Option<Arc<str>> = tenant.as_deref().map(Arc::from);
         let pool_arc: Option<Arc<str>> = pool.as_deref().map(Arc::from);
@@ -248,7 +249,7 @@ impl Intake {
                         tenant: tenant_arc.clone(),
                         pool: pool_arc.clone(),
                         priority: sub.priority,
-                        envelope_from: self.verp.encode(id),
+                        envelope_from: self.verp.encode_on(id, &verp_domain),
                         created_ms: now,
                         expires_ms,
                         attempts: 0,

@@ -289,7 +289,13 @@ impl Spool {
     }
 
     fn encode(&self, d: &Delivery) -> Vec<u8> {
-        codec::encode(d, self.inner.verp.get().is_none())
+        // The sender is stored only when it cannot be recomputed from the id (aligned VERP
+        // domains, or no signer known).
+        let derivable = self.inner.verp.get().is_some_and(|v| {
+            d.envelope_from.len() == v.encode(0).len()
+                && d.envelope_from.ends_with(&format!("@{}", v.domain()))
+        });
+        codec::encode(d, !derivable)
     }
 
     fn decode(&self, id: u64, bytes: &[u8]) -> Result<Delivery, SpoolError> {
