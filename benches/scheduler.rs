@@ -22,7 +22,7 @@ fn delivery(id: u64, domain: usize) -> Delivery {
         tenant: None,
         pool: None,
         priority: Priority::Bulk,
-        envelope_from: String::new(),
+        verp_domain: None,
         created_ms: 0,
         expires_ms: u64::MAX,
         attempts: 0,

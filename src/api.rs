@@ -241,7 +241,7 @@ async fn message(State(st): St, Path(id): Path<String>) -> Response {
         "recipient_id": d.recipient_id,
         "campaign": d.campaign,
         "tenant": d.tenant,
-        "envelope_from": d.envelope_from,
+        "envelope_from": st.intake.verp.envelope_of(&d),
         "created": crate::clock::rfc3339(d.created_ms),
         "expires": crate::clock::rfc3339(d.expires_ms),
         "next_attempt": if d.attempts > 0 && state == "deferred" { Some(crate::clock::rfc3339(d.next_ms)) } else { None },

@@ -134,7 +134,6 @@ impl Engine {
             clock.clone(),
             cfg.spool.retention.0.as_millis() as u64,
         )?;
-        spool.set_verp(cfg.verp());
         let (events, _events_task) = Events::start_with(&cfg.events, Some(spool.clone()))?;
         let dns = Arc::new(Resolver::new(&cfg.dns)?);
         let rules = Arc::new(load_rules(&cfg)?);
@@ -262,6 +261,7 @@ impl Engine {
             quarantine: quarantine.clone(),
             campaigns: campaigns.clone(),
             renderer,
+            verp: cfg.verp(),
         });
         let intake = Arc::new(Intake {
             cfg: cfg.clone(),

@@ -73,7 +73,7 @@ impl FeedbackHandler {
         };
         if verdict.action.as_deref() == Some("delayed") {
             let mut ev = match &delivery {
-                Some(d) => base_event("delayed", d, now),
+                Some(d) => base_event("delayed", d, self.verp.envelope_of(d), now),
                 None => Event {
                     ts: crate::clock::rfc3339(now),
                     event: "delayed".into(),
@@ -97,7 +97,7 @@ impl FeedbackHandler {
             .map(|d| d.recipient.clone())
             .or_else(|| verdict.recipient.clone());
         let mut ev = match &delivery {
-            Some(d) => base_event("bounced", d, now),
+            Some(d) => base_event("bounced", d, self.verp.envelope_of(d), now),
             None => Event {
                 ts: crate::clock::rfc3339(now),
                 event: "bounced".into(),

@@ -101,6 +101,14 @@ impl Verp {
                 .is_some_and(|sub| self.senders.iter().any(|s| d == format!("{sub}.{s}")))
     }
 
+    /// The envelope sender of a delivery.
+    pub fn envelope_of(&self, d: &crate::spool::Delivery) -> String {
+        match d.verp_domain.as_deref() {
+            Some(domain) => self.encode_on(d.id, domain),
+            None => self.encode(d.id),
+        }
+    }
+
     /// The envelope sender for delivery `id` on a given VERP domain.
     pub fn encode_on(&self, id: u64, domain: &str) -> String {
         let mut s = self.encode(id);

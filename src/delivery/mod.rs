@@ -40,6 +40,7 @@ pub struct Ctx {
     pub quarantine: Arc<crate::quarantine::Quarantine>,
     pub campaigns: Arc<crate::campaign::Campaigns>,
     pub renderer: Arc<crate::render::Renderer>,
+    pub verp: crate::verp::Verp,
 }
 
 /// Spawns a connection task for every request from the scheduler.
@@ -390,7 +391,7 @@ async fn serve_host(
         };
         let tls = session.tls_version().map(str::to_string);
         match session
-            .transaction(&d.envelope_from, &d.recipient, &body)
+            .transaction(&ctx.verp.envelope_of(&d), &d.recipient, &body)
             .await
         {
             Ok(TxnOutcome::Accepted(r)) => {

@@ -22,7 +22,7 @@ pub struct AttemptInfo {
     pub tls: Option<String>,
 }
 
-pub fn base_event(kind: &str, d: &Delivery, ts_ms: u64) -> Event {
+pub fn base_event(kind: &str, d: &Delivery, envelope_from: String, ts_ms: u64) -> Event {
     Event {
         ts: rfc3339(ts_ms),
         event: kind.to_string(),
@@ -31,13 +31,13 @@ pub fn base_event(kind: &str, d: &Delivery, ts_ms: u64) -> Event {
         tenant: d.tenant.as_deref().map(str::to_string),
         recipient: Some(d.recipient.clone()),
         recipient_id: d.recipient_id.clone(),
-        envelope_from: Some(d.envelope_from.clone()),
+        envelope_from: Some(envelope_from),
         ..Event::default()
     }
 }
 
-fn attempt_event(kind: &str, d: &Delivery, a: &AttemptInfo, ts: u64) -> Event {
-    let mut e = base_event(kind, d, ts);
+fn attempt_event(kind: &str, d: &Delivery, env: String, a: &AttemptInfo, ts: u64) -> Event {
+    let mut e = base_event(kind, d, env, ts);
     e.mx = a.mx.clone();
     e.ip = a.ip.clone();
     e.source_ip = a.source_ip.clone();
@@ -176,7 +176,10 @@ impl Ctx {
         };
         self.count(&d, qid, "delivered", true, now);
         self.campaign(&d, "delivered", false, false).await;
-        self.emit_after(committed, attempt_event("delivered", &d, &a, now));
+        self.emit_after(
+            committed,
+            attempt_event("delivered", &d, self.verp.envelope_of(&d), &a, now),
+        );
         self.sched.settle(qid, Some(short(&a)));
     }
 
@@ -195,7 +198,7 @@ impl Ctx {
         self.final_failure(&d, t, r, &a.response, now).await;
         self.campaign(&d, "bounced", t == BounceType::Hard, r == Reason::Complaint)
             .await;
-        let mut ev = attempt_event("bounced", &d, &a, now);
+        let mut ev = attempt_event("bounced", &d, self.verp.envelope_of(&d), &a, now);
         ev.bounce_type = Some(t.as_str().into());
         ev.bounce_reason = Some(r.as_str().into());
         ev.bounce_source = Some("smtp".into());
@@ -228,7 +231,7 @@ impl Ctx {
         self.count(&d, qid, "deferred", false, now);
         self.campaign(&d, "deferred", false, false).await;
         let (t, r) = self.qualify(&a);
-        let mut ev = attempt_event("deferred", &d, &a, now);
+        let mut ev = attempt_event("deferred", &d, self.verp.envelope_of(&d), &a, now);
         ev.bounce_type = Some(t.as_str().into());
         ev.bounce_reason = Some(r.as_str().into());
         ev.next_attempt = Some(rfc3339(d.next_ms.min(d.expires_ms)));
@@ -244,7 +247,7 @@ impl Ctx {
         }
         self.count(&d, qid, "expired", true, now);
         self.campaign(&d, "expired", false, false).await;
-        let mut ev = base_event("expired", &d, now);
+        let mut ev = base_event("expired", &d, self.verp.envelope_of(&d), now);
         ev.attempt = Some(d.attempts);
         if let Some(last) = d.history.last() {
             let c = self.quarantine.rules().classify_reply(
@@ -282,7 +285,7 @@ impl Ctx {
         }
         self.count(&d, qid, "suppressed", true, now);
         self.campaign(&d, "suppressed", false, false).await;
-        let mut ev = base_event("suppressed", &d, now);
+        let mut ev = base_event("suppressed", &d, self.verp.envelope_of(&d), now);
         ev.attempt = Some(d.attempts);
         ev.response = Some(format!("recipient is quarantined ({reason})"));
         ev.bounce_reason = Some(reason.to_string());
@@ -300,7 +303,7 @@ impl Ctx {
         }
         self.count(&d, qid, "cancelled", true, now);
         self.campaign(&d, "cancelled", false, false).await;
-        let mut ev = base_event("cancelled", &d, now);
+        let mut ev = base_event("cancelled", &d, self.verp.envelope_of(&d), now);
         ev.attempt = Some(d.attempts);
         self.events.emit(ev);
         self.sched.settle(qid, None);

@@ -197,6 +197,8 @@ impl Intake {
         let expires_ms = now + ttl.as_millis() as u64;
         let template = crate::template::Template::parse(&prepared.content)?;
         let verp_domain = self.verp.domain_for(prepared.from_domain.as_deref());
+        let verp_arc: Option<Arc<str>> =
+            (verp_domain != self.verp.domain()).then(|| Arc::from(verp_domain.as_str()));
         let campaign_arc: Option<Arc<str>> = campaign.as_deref().map(Arc::from);
         let tenant_arc: Option<Arc<str>> = tenant.as_deref().map(Arc::from);
         let pool_arc: Option<Arc<str>> = pool.as_deref().map(Arc::from);
@@ -249,7 +251,7 @@ impl Intake {
                         tenant: tenant_arc.clone(),
                         pool: pool_arc.clone(),
                         priority: sub.priority,
-                        envelope_from: self.verp.encode_on(id, &verp_domain),
+                        verp_domain: verp_arc.clone(),
                         created_ms: now,
                         expires_ms,
                         attempts: 0,
@@ -275,11 +277,12 @@ impl Intake {
             .map(|d| AcceptedRecipient {
                 id: id_str(d.id),
                 recipient: d.recipient.clone(),
-                envelope_from: d.envelope_from.clone(),
+                envelope_from: self.verp.envelope_of(d),
             })
             .collect();
         for d in &deliveries {
-            self.events.emit(base_event("accepted", d, now));
+            self.events
+                .emit(base_event("accepted", d, self.verp.envelope_of(d), now));
         }
         self.campaigns.on_accepted(
             campaign.as_deref(),

@@ -1,8 +1,8 @@
 //! Compact binary encoding of delivery records (the spool keeps millions of them).
 //!
 //! Layout (version 1): varints for numbers, length-prefixed UTF-8 for strings, a presence
-//! byte for optional fields. The creation time is not stored (it is in the id), nor is the
-//! envelope sender when the spool knows the VERP signer (it is recomputed from the id).
+//! byte for optional fields. The envelope sender is not stored: it is recomputed from the id
+//! (and the aligned VERP domain, when there is one).
 
 use super::{Attempt, Delivery, Priority};
 use std::sync::Arc;
@@ -90,8 +90,8 @@ impl R<'_> {
     }
 }
 
-/// Encode a delivery; `with_sender` keeps the envelope sender in the record.
-pub fn encode(d: &Delivery, with_sender: bool) -> Vec<u8> {
+/// Encode a delivery.
+pub fn encode(d: &Delivery) -> Vec<u8> {
     let mut w = W(Vec::with_capacity(64 + d.recipient.len()));
     w.0.push(VERSION);
     w.u(d.body_id);
@@ -108,11 +108,7 @@ pub fn encode(d: &Delivery, with_sender: bool) -> Vec<u8> {
     w.u(d.expires_ms.saturating_sub(d.created_ms));
     w.u(d.attempts as u64);
     w.u(d.next_ms);
-    w.os(if with_sender {
-        Some(&d.envelope_from)
-    } else {
-        None
-    });
+    w.os(d.verp_domain.as_deref());
     w.u(d.history.len() as u64);
     for a in &d.history {
         w.u(a.ts);
@@ -136,7 +132,7 @@ pub fn encode(d: &Delivery, with_sender: bool) -> Vec<u8> {
 }
 
 /// Decode a record; `sender` recomputes the envelope sender when it was not stored.
-pub fn decode(id: u64, b: &[u8], sender: impl Fn(u64) -> String) -> Result<Delivery, DecodeError> {
+pub fn decode(id: u64, b: &[u8]) -> Result<Delivery, DecodeError> {
     let mut r = R { b, p: 0 };
     if r.byte()? != VERSION {
         return Err(DecodeError(0));
@@ -155,7 +151,7 @@ pub fn decode(id: u64, b: &[u8], sender: impl Fn(u64) -> String) -> Result<Deliv
     let expires_ms = created_ms.saturating_add(r.u()?);
     let attempts = r.u()? as u32;
     let next_ms = r.u()?;
-    let envelope_from = r.os()?.unwrap_or_else(|| sender(id));
+    let verp_domain = r.os()?.map(Arc::from);
     let n = r.u()? as usize;
     let mut history = Vec::with_capacity(n.min(16));
     for _ in 0..n {
@@ -190,7 +186,7 @@ pub fn decode(id: u64, b: &[u8], sender: impl Fn(u64) -> String) -> Result<Deliv
         tenant,
         pool,
         priority,
-        envelope_from,
+        verp_domain,
         created_ms,
         expires_ms,
         attempts,
@@ -214,7 +210,7 @@ mod tests {
             tenant: None,
             pool: Some(Arc::from("p")),
             priority: Priority::Transactional,
-            envelope_from: "b-x@fb.test".into(),
+            verp_domain: Some(Arc::from("feedback.brand.test")),
             created_ms: 1_700_000_000_000,
             expires_ms: 1_700_000_000_000 + 86_400_000,
             attempts: 2,
@@ -233,21 +229,15 @@ mod tests {
                     .collect(),
             )),
         };
-        assert_eq!(decode(77, &encode(&d, true), |_| String::new()).unwrap(), d);
-        let short = encode(&d, false);
-        let back = decode(77, &short, |id| format!("b-{id}@fb.test")).unwrap();
-        assert_eq!(back.envelope_from, "b-77@fb.test");
+        assert_eq!(decode(77, &encode(&d)).unwrap(), d);
+        let short = encode(&d);
         let fresh = Delivery {
             history: vec![],
             attempts: 0,
             vars: None,
             ..d.clone()
         };
-        assert!(
-            encode(&fresh, false).len() < 60,
-            "{}",
-            encode(&fresh, false).len()
-        );
-        assert!(decode(1, &short[..short.len() - 3], |_| String::new()).is_err());
+        assert!(encode(&fresh).len() < 80, "{}", encode(&fresh).len());
+        assert!(decode(1, &short[..short.len() - 3]).is_err());
     }
 }

@@ -98,7 +98,10 @@ pub struct Delivery {
     pub pool: Option<Arc<str>>,
     #[serde(default)]
     pub priority: Priority,
-    pub envelope_from: String,
+    /// The VERP domain when it is not the default one (aligned sender subdomain); the
+    /// envelope sender itself is recomputed from the id (`Verp::envelope_of`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verp_domain: Option<Arc<str>>,
     pub created_ms: u64,
     pub expires_ms: u64,
     pub attempts: u32,
@@ -222,8 +225,6 @@ struct Inner {
     clock: Clock,
     body_cache: Arc<DashMap<u64, Arc<Vec<u8>>>>,
     commits: Arc<AtomicU64>,
-    /// Recomputes envelope senders, so records need not store them.
-    verp: std::sync::OnceLock<crate::verp::Verp>,
 }
 
 const BODY_CACHE_MAX: usize = 4096;
@@ -277,33 +278,16 @@ impl Spool {
                 clock,
                 body_cache,
                 commits,
-                verp: std::sync::OnceLock::new(),
             }),
         })
     }
 
-    /// Let the spool recompute envelope senders from ids instead of storing them (call
-    /// once, right after `open`, before any read or write).
-    pub fn set_verp(&self, verp: crate::verp::Verp) {
-        let _ = self.inner.verp.set(verp);
-    }
-
     fn encode(&self, d: &Delivery) -> Vec<u8> {
-        // The sender is stored only when it cannot be recomputed from the id (aligned VERP
-        // domains, or no signer known).
-        let derivable = self.inner.verp.get().is_some_and(|v| {
-            d.envelope_from.len() == v.encode(0).len()
-                && d.envelope_from.ends_with(&format!("@{}", v.domain()))
-        });
-        codec::encode(d, !derivable)
+        codec::encode(d)
     }
 
     fn decode(&self, id: u64, bytes: &[u8]) -> Result<Delivery, SpoolError> {
-        let verp = self.inner.verp.get();
-        codec::decode(id, bytes, |id| {
-            verp.map(|v| v.encode(id)).unwrap_or_default()
-        })
-        .map_err(|e| SpoolError::Corrupt(id, e.to_string()))
+        codec::decode(id, bytes).map_err(|e| SpoolError::Corrupt(id, e.to_string()))
     }
 
     /// A new unique id, ordered by creation time.
@@ -734,7 +718,7 @@ mod tests {
             tenant: None,
             pool: None,
             priority: Priority::Bulk,
-            envelope_from: "b-x@fb.test".into(),
+            verp_domain: None,
             created_ms: 1,
             expires_ms: u64::MAX,
             attempts: 0,
