@@ -36,6 +36,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/rules/reload", post(reload))
         .route("/api/v1/paths/{id}/suspend", post(suspend_path))
         .route("/api/v1/paths/{id}/resume", post(resume_path))
+        .route("/api/v1/domains/{domain}/check", get(domain_check))
         .route("/api/v1/campaigns", get(campaigns))
         .route(
             "/api/v1/campaigns/{campaign}/{action}",
@@ -650,4 +651,16 @@ async fn tenant_action(State(st): St, Path((tenant, action)): Path<(String, Stri
         CState::Paused => {}
     }
     Json(json!({"tenant": tenant, "state": state, "dropped": dropped})).into_response()
+}
+
+async fn domain_check(State(st): St, Path(domain): Path<String>) -> Response {
+    let domain = match crate::domain::normalize_domain(&domain) {
+        Ok(d) => d,
+        Err(e) => return err(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let signer = st.ctx.renderer.dkim.as_deref();
+    let setup = crate::domain::setup_for(&st.intake.cfg, signer).dkim_of(signer, &domain);
+    let checks = crate::domain::check(&domain, &setup, st.ctx.dns.inner()).await;
+    let ok = checks.iter().all(|c| c.status == "ok");
+    Json(json!({"domain": domain, "ok": ok, "records": checks})).into_response()
 }

@@ -275,6 +275,9 @@ pub struct DeliveryCfg {
     /// How long a host whose STARTTLS failed is contacted without TLS.
     #[serde(default = "default_tls_broken")]
     pub tls_broken_for: Dur,
+    /// Send everything to this address (a smarthost) instead of the recipients' MX hosts.
+    #[serde(default)]
+    pub relay_host: Option<IpAddr>,
     /// What to do when DKIM signing fails: "defer" (default) or "send_unsigned".
     #[serde(default)]
     pub dkim_on_error: crate::render::DkimOnError,
@@ -323,6 +326,7 @@ impl Default for DeliveryCfg {
             tls: TlsMode::default(),
             tls_broken_for: default_tls_broken(),
             dkim_on_error: Default::default(),
+            relay_host: None,
             max_connections: default_total(),
         }
     }

@@ -125,6 +125,11 @@ impl Resolver {
         result
     }
 
+    /// The underlying resolver (for other record types, e.g. `sluice domain check`).
+    pub fn inner(&self) -> &TokioResolver {
+        &self.inner
+    }
+
     /// Number of cached plans.
     pub fn cached(&self) -> usize {
         self.cache.len()

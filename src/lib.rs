@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod demo;
 pub mod dkim;
 pub mod dns;
+pub mod domain;
 pub mod engine;
 pub mod events;
 pub mod feedback;

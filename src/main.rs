@@ -72,6 +72,13 @@ enum Cmd {
         #[arg(long, default_value_t = 3000)]
         recipients: usize,
     },
+    /// DNS records a sender domain must publish (aligned VERP, SPF, DKIM, DMARC).
+    Domain {
+        #[command(subcommand)]
+        cmd: DomainCmd,
+        #[arg(long, default_value = "sluice.toml", global = true)]
+        config: PathBuf,
+    },
     /// A fast fake MX for benchmarks and demos (PIPELINING, CHUNKING; counts what it gets).
     Sink {
         #[arg(long, default_value = "127.0.0.1:2526")]
@@ -135,6 +142,18 @@ enum QuarantineCmd {
     Import { file: PathBuf },
     /// Write the quarantine as CSV (to a file, or stdout).
     Export { file: Option<PathBuf> },
+}
+
+#[derive(Subcommand)]
+enum DomainCmd {
+    /// Print the records to publish.
+    Records {
+        domain: String,
+        #[arg(long, default_value = "table", value_parser = ["table", "zone", "json"])]
+        format: String,
+    },
+    /// Resolve each record and report ok / missing / wrong.
+    Check { domain: String },
 }
 
 #[derive(Subcommand)]
@@ -364,6 +383,68 @@ fn main() -> Result<()> {
                 _ => println!("{v}"),
             }
             Ok(())
+        }
+        Cmd::Domain { cmd, config } => {
+            let cfg = load(&config)?;
+            let signer = if cfg.dkim.is_empty() {
+                None
+            } else {
+                Some(
+                    sluice::dkim::Signer::load(&cfg.dkim, &cfg.base_dir)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
+                )
+            };
+            let domain_arg = match &cmd {
+                DomainCmd::Records { domain, .. } | DomainCmd::Check { domain } => domain.clone(),
+            };
+            let domain = sluice::domain::normalize_domain(&domain_arg)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let setup =
+                sluice::domain::setup_for(&cfg, signer.as_ref()).dkim_of(signer.as_ref(), &domain);
+            match cmd {
+                DomainCmd::Records { format, .. } => {
+                    let recs = sluice::domain::records(&domain, &setup);
+                    match format.as_str() {
+                        "zone" => print!("{}", sluice::domain::render_zone(&recs)),
+                        "json" => println!("{}", serde_json::to_string_pretty(&recs)?),
+                        _ => print!("{}", sluice::domain::render_table(&recs)),
+                    }
+                    Ok(())
+                }
+                DomainCmd::Check { .. } => {
+                    let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+                    let checks = rt.block_on(async {
+                        let resolver = sluice::dns::Resolver::new(&cfg.dns)?;
+                        Ok::<_, anyhow::Error>(
+                            sluice::domain::check(&domain, &setup, resolver.inner()).await,
+                        )
+                    })?;
+                    let mut bad = 0;
+                    for c in &checks {
+                        if c.status != "ok" {
+                            bad += 1;
+                        }
+                        println!(
+                            "{:<8} {:<5} {:<40} {}{}",
+                            c.status,
+                            c.record.rtype,
+                            c.record.name,
+                            c.record.purpose,
+                            c.note
+                                .as_ref()
+                                .map(|n| format!(" ({n})"))
+                                .unwrap_or_default()
+                        );
+                    }
+                    if bad > 0 {
+                        bail!(
+                            "{bad} of {} records are not as they should be",
+                            checks.len()
+                        );
+                    }
+                    Ok(())
+                }
+            }
         }
         Cmd::Demo { recipients } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;

@@ -101,7 +101,15 @@ pub async fn run_resolver(
                 Some(domain) => {
                     let ctx = ctx.clone();
                     tasks.spawn(async move {
-                        let plan = ctx.dns.plan(&domain).await;
+                        let plan = match ctx.cfg.delivery.relay_host {
+                            // a smarthost: every domain goes to one address, no MX lookup
+                            Some(ip) => Ok(Arc::new(vec![crate::dns::MxHost {
+                                name: ip.to_string(),
+                                preference: 0,
+                                addrs: vec![ip],
+                            }])),
+                            None => ctx.dns.plan(&domain).await,
+                        };
                         let label = match &plan {
                             Ok(_) => "ok",
                             Err(crate::dns::DnsFailure::NoDomain(_)) => "nxdomain",
