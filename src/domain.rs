@@ -717,6 +717,32 @@ pub async fn check(domain: &str, setup: &DomainSetup, resolver: &TokioResolver) 
     out
 }
 
+/// Call [`DomainSetup::dkim_of`] with the domain to add its DKIM records.
+pub fn setup_for(cfg: &crate::config::Config, signer: Option<&Signer>) -> DomainSetup {
+    DomainSetup {
+        subdomain: cfg
+            .verp
+            .subdomain
+            .clone()
+            .unwrap_or_else(|| "feedback".into()),
+        bounce_host: cfg.verp.bounce_host.clone(),
+        cname_target: cfg.verp.cname_target.clone(),
+        source_ips: cfg.sources.iter().filter_map(|s| s.ip).collect(),
+        dkim: Vec::new(),
+    }
+    .dkim_of(signer, "")
+}
+
+impl DomainSetup {
+    /// Add the DKIM records of `domain` from the signer.
+    pub fn dkim_of(mut self, signer: Option<&Signer>, domain: &str) -> DomainSetup {
+        if let Some(s) = signer {
+            self.dkim = dkim_for(s, domain);
+        }
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,28 +774,3 @@ mod tests {
 
 /// The setup of `domain` from sluice's configuration (the VERP subdomain, the feedback
 /// host names, the sending IPs and the DKIM keys of that domain).
-/// Call [`DomainSetup::dkim_of`] with the domain to add its DKIM records.
-pub fn setup_for(cfg: &crate::config::Config, signer: Option<&Signer>) -> DomainSetup {
-    DomainSetup {
-        subdomain: cfg
-            .verp
-            .subdomain
-            .clone()
-            .unwrap_or_else(|| "feedback".into()),
-        bounce_host: cfg.verp.bounce_host.clone(),
-        cname_target: cfg.verp.cname_target.clone(),
-        source_ips: cfg.sources.iter().filter_map(|s| s.ip).collect(),
-        dkim: Vec::new(),
-    }
-    .dkim_of(signer, "")
-}
-
-impl DomainSetup {
-    /// Add the DKIM records of `domain` from the signer.
-    pub fn dkim_of(mut self, signer: Option<&Signer>, domain: &str) -> DomainSetup {
-        if let Some(s) = signer {
-            self.dkim = dkim_for(s, domain);
-        }
-        self
-    }
-}
