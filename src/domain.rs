@@ -717,6 +717,8 @@ pub async fn check(domain: &str, setup: &DomainSetup, resolver: &TokioResolver) 
     out
 }
 
+/// The setup of `domain` from sluice's configuration (the VERP subdomain, the feedback
+/// host names, the sending IPs and the DKIM keys of that domain).
 /// Call [`DomainSetup::dkim_of`] with the domain to add its DKIM records.
 pub fn setup_for(cfg: &crate::config::Config, signer: Option<&Signer>) -> DomainSetup {
     DomainSetup {
@@ -772,5 +774,3 @@ mod tests {
     }
 }
 
-/// The setup of `domain` from sluice's configuration (the VERP subdomain, the feedback
-/// host names, the sending IPs and the DKIM keys of that domain).
