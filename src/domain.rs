@@ -773,4 +773,3 @@ mod tests {
         assert_eq!(dkim_p("v=DKIM1; k=rsa"), None);
     }
 }
-

@@ -228,6 +228,7 @@ struct Inner {
 }
 
 const BODY_CACHE_MAX: usize = 4096;
+const SPOOL_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 impl Spool {
     /// Open (or create) the spool file and start its writer thread.
@@ -240,7 +241,12 @@ impl Spool {
                 })?;
             }
         }
-        let db = Database::create(path).map_err(|e| SpoolError::Open {
+        // A bounded page cache: the queues live in memory already, the spool is written far
+        // more than it is read (redb's default cache grows with the file).
+        let db = Database::builder()
+            .set_cache_size(SPOOL_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| SpoolError::Open {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;
