@@ -92,6 +92,19 @@ struct Txn {
     data: Vec<u8>,
 }
 
+impl Txn {
+    /// Hand the complete message to the handler; the transaction ends. Returns the reply
+    /// line with its CRLF.
+    async fn deliver<H: Handler>(&mut self, handler: &H, peer: SocketAddr) -> String {
+        let content = std::mem::take(&mut self.data);
+        let rcpts = std::mem::take(&mut self.rcpts);
+        self.mail = false;
+        let mut reply = handler.data(peer, rcpts, content).await;
+        reply.push_str("\r\n");
+        reply
+    }
+}
+
 async fn session<H: Handler>(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -136,12 +149,8 @@ async fn session<H: Handler>(
                 Mode::Data(dr) => {
                     if dr.ingest(&mut iter, &mut txn.data) {
                         mode = Mode::Command;
-                        let content = std::mem::take(&mut txn.data);
-                        let rcpts = std::mem::take(&mut txn.rcpts);
-                        txn.mail = false;
-                        let reply = handler.data(peer, rcpts, content).await;
+                        let reply = txn.deliver(&*handler, peer).await;
                         out.extend_from_slice(reply.as_bytes());
-                        out.extend_from_slice(b"\r\n");
                     } else if txn.data.len() > max_size {
                         mode = Mode::Discard(DummyDataReceiver::new_data(dr));
                         txn.data = Vec::new();
@@ -152,12 +161,8 @@ async fn session<H: Handler>(
                         let last = br.is_last;
                         mode = Mode::Command;
                         if last {
-                            let content = std::mem::take(&mut txn.data);
-                            let rcpts = std::mem::take(&mut txn.rcpts);
-                            txn.mail = false;
-                            let reply = handler.data(peer, rcpts, content).await;
+                            let reply = txn.deliver(&*handler, peer).await;
                             out.extend_from_slice(reply.as_bytes());
-                            out.extend_from_slice(b"\r\n");
                         } else {
                             out.extend_from_slice(b"250 2.0.0 chunk received\r\n");
                         }
@@ -271,11 +276,7 @@ async fn session<H: Handler>(
                                     String::new()
                                 } else if chunk_size == 0 {
                                     if is_last {
-                                        let content = std::mem::take(&mut txn.data);
-                                        let rcpts = std::mem::take(&mut txn.rcpts);
-                                        txn.mail = false;
-                                        let r = handler.data(peer, rcpts, content).await;
-                                        format!("{r}\r\n")
+                                        txn.deliver(&*handler, peer).await
                                     } else {
                                         "250 2.0.0 empty chunk\r\n".to_string()
                                     }

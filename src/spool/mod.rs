@@ -247,9 +247,9 @@ impl Spool {
             .set_cache_size(SPOOL_CACHE_BYTES)
             .create(path)
             .map_err(|e| SpoolError::Open {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })?;
         {
             let tx = db.begin_write()?;
             tx.open_table(BODIES)?;
@@ -357,28 +357,16 @@ impl Spool {
 
     /// Persist a changed delivery (after a deferral).
     pub async fn update(&self, d: &Delivery) -> Result<(), SpoolError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Op::Update {
-            id: d.id,
-            record: self.encode(d),
-            reply,
-        })?;
-        rx.await.map_err(|_| SpoolError::Closed)?
+        self.update_detached(d)?
+            .await
+            .map_err(|_| SpoolError::Closed)?
     }
 
     /// Move a delivery to its final state and release its hold on the body.
     pub async fn finish(&self, d: &Delivery, state: FinalState) -> Result<(), SpoolError> {
-        let mut record = vec![state as u8];
-        record.extend_from_slice(&self.inner.clock.now_ms().to_le_bytes());
-        record.extend_from_slice(&self.encode(d));
-        let (reply, rx) = oneshot::channel();
-        self.send(Op::Finish {
-            id: d.id,
-            body_id: d.body_id,
-            record,
-            reply,
-        })?;
-        rx.await.map_err(|_| SpoolError::Closed)?
+        self.finish_detached(d, state)?
+            .await
+            .map_err(|_| SpoolError::Closed)?
     }
 
     /// Like [`Spool::finish`], without waiting for the commit: the connection goes on with its
