@@ -14,9 +14,12 @@ use tokio::sync::Notify;
 /// A resolved domain.
 pub(super) struct Route {
     pub rule: usize,
-    pub site: String,
+    pub site: Arc<str>,
     pub targets: Arc<Vec<MxHost>>,
     pub until_ms: u64,
+    /// The queue this domain's deliveries go to, per source (a shortcut: checked against
+    /// the live queues on use, rebuilt when missing).
+    pub queues: Vec<(usize, u64)>,
 }
 
 /// Smooth weighted round robin over a pool's sources (nginx's algorithm): over any window
@@ -89,15 +92,35 @@ fn short_id(key: &str) -> String {
 impl Scheduler {
     /// Route a due delivery: to its queue if its domain is resolved, else wait for DNS.
     pub(super) fn route(&self, g: &mut Inner, d: Delivery, now: u64) {
-        let domain = d.domain().to_string();
-        let route = g
+        let hit = g
             .routes
-            .get(&domain)
+            .get(d.domain())
             .filter(|r| r.until_ms > now)
             .map(|r| (r.rule, r.site.clone(), r.targets.clone()));
-        match route {
-            Some((rule, site, targets)) => self.place(g, d, rule, &site, targets, now, None),
+        match hit {
+            Some((rule, site, targets)) => {
+                let source = self.pick_source(g, &d, &site, None);
+                let cached = g
+                    .routes
+                    .get(d.domain())
+                    .and_then(|r| r.queues.iter().find(|(s, _)| *s == source))
+                    .map(|(_, q)| *q)
+                    .filter(|q| g.queues.contains_key(q));
+                let qid = match cached {
+                    Some(q) => q,
+                    None => {
+                        let q = self.queue_for(g, &d, rule, &site, targets, source);
+                        if let Some(r) = g.routes.get_mut(d.domain()) {
+                            r.queues.retain(|(s, _)| *s != source);
+                            r.queues.push((source, q));
+                        }
+                        q
+                    }
+                };
+                self.push(g, qid, d, now);
+            }
             None => {
+                let domain = d.domain().to_string();
                 let list = g.pending.entry(domain.clone()).or_default();
                 list.push(d);
                 g.pending_count += 1;
@@ -120,28 +143,47 @@ impl Scheduler {
         now: u64,
         avoid: Option<usize>,
     ) {
-        let rule_idx = rule_idx.min(g.rules.rules.len() - 1);
-        let rule = g.rules.rules[rule_idx].clone();
-        let pool_name = d.pool.as_deref().unwrap_or("default").to_string();
+        let source = self.pick_source(g, &d, site, avoid);
+        let qid = self.queue_for(g, &d, rule_idx, site, targets, source);
+        self.push(g, qid, d, now);
+    }
+
+    /// The pool's next source for this delivery (skipping sources that cannot reach `site`).
+    fn pick_source(&self, g: &mut Inner, d: &Delivery, site: &str, avoid: Option<usize>) -> usize {
+        let now = self.clock.now_ms();
         let unreachable = &g.unreachable;
-        let site_s = site.to_string();
         let usable = |s: usize| {
             Some(s) != avoid
-                && unreachable
-                    .get(&(s, site_s.clone()))
-                    .is_none_or(|u| *u <= now)
+                && (unreachable.is_empty()
+                    || unreachable
+                        .get(&(s, site.to_string()))
+                        .is_none_or(|u| *u <= now))
         };
-        let pool = match g.pools.get_mut(&pool_name) {
+        let pool_name = d.pool.as_deref().unwrap_or("default");
+        let pool = match g.pools.get_mut(pool_name) {
             Some(p) => p,
             None => match g.pools.get_mut("default") {
                 Some(p) => p,
-                None => return,
+                None => return 0,
             },
         };
-        let source = pool
-            .pick(usable)
+        pool.pick(usable)
             .or_else(|| pool.pick(|_| true))
-            .unwrap_or(0);
+            .unwrap_or(0)
+    }
+
+    /// The queue (and path) of a delivery from `source` to `site`, created when missing.
+    fn queue_for(
+        &self,
+        g: &mut Inner,
+        d: &Delivery,
+        rule_idx: usize,
+        site: &str,
+        targets: Arc<Vec<MxHost>>,
+        source: usize,
+    ) -> u64 {
+        let rules = g.rules.clone();
+        let rule = &rules.rules[rule_idx.min(rules.rules.len() - 1)];
         let source_name = g
             .sources
             .get(source)
@@ -163,37 +205,38 @@ impl Scheduler {
         if !g.paths.contains_key(&path_id) {
             g.paths.insert(
                 path_id.clone(),
-                PathState::new(path_id.clone(), &rule, path_src, group),
+                PathState::new(path_id.clone(), rule, path_src, group),
             );
         }
         let key = (path_id.clone(), source, site.to_string());
-        let qid = match g.queue_index.get(&key) {
-            Some(q) => *q,
-            None => {
-                let qid = g.next_queue;
-                g.next_queue += 1;
-                g.queues.insert(
-                    qid,
-                    Queue {
-                        path: path_id.clone(),
-                        source,
-                        site: site.to_string(),
-                        targets,
-                        transactional: VecDeque::new(),
-                        bulk: VecDeque::new(),
-                        connections: 0,
-                        in_flight: 0,
-                        throttled_until: None,
-                        notify: Arc::new(Notify::new()),
-                    },
-                );
-                g.queue_index.insert(key, qid);
-                if let Some(p) = g.paths.get_mut(&path_id) {
-                    p.queues.push(qid);
-                }
-                qid
-            }
-        };
+        if let Some(q) = g.queue_index.get(&key) {
+            return *q;
+        }
+        let qid = g.next_queue;
+        g.next_queue += 1;
+        g.queues.insert(
+            qid,
+            Queue {
+                path: path_id.clone(),
+                source,
+                site: site.to_string(),
+                targets,
+                transactional: VecDeque::new(),
+                bulk: VecDeque::new(),
+                connections: 0,
+                in_flight: 0,
+                throttled_until: None,
+                notify: Arc::new(Notify::new()),
+            },
+        );
+        g.queue_index.insert(key, qid);
+        if let Some(p) = g.paths.get_mut(&path_id) {
+            p.queues.push(qid);
+        }
+        qid
+    }
+
+    fn push(&self, g: &mut Inner, qid: u64, d: Delivery, now: u64) {
         if let Some(q) = g.queues.get_mut(&qid) {
             q.push(d, false);
             q.notify.notify_one();
@@ -224,9 +267,10 @@ impl Scheduler {
                     domain.to_string(),
                     Route {
                         rule,
-                        site: site.clone(),
+                        site: Arc::from(site.as_str()),
                         targets: targets.clone(),
                         until_ms: now + super::ROUTE_TTL_MS,
+                        queues: Vec::new(),
                     },
                 );
                 for d in waiting {
