@@ -95,6 +95,8 @@ pub async fn inject_smtp(
         tasks.push(tokio::spawn(async move {
             let io = |e| LoadError::Io(addr, e);
             let mut s = TcpStream::connect(addr).await.map_err(io)?;
+            // no Nagle: the message and its terminator must not wait for a delayed ACK
+            let _ = s.set_nodelay(true);
             let mut buf = vec![0u8; 65536];
             let mut pending = Vec::new();
             async fn replies(
@@ -142,8 +144,10 @@ pub async fn inject_smtp(
                 cmd.push_str("DATA\r\n");
                 s.write_all(cmd.as_bytes()).await.map_err(io)?;
                 replies(addr, &mut s, &mut buf, &mut pending, 2 + hi - i).await?;
-                s.write_all(content.as_bytes()).await.map_err(io)?;
-                s.write_all(b"\r\n.\r\n").await.map_err(io)?;
+                let mut data = Vec::with_capacity(content.len() + 5);
+                data.extend_from_slice(content.as_bytes());
+                data.extend_from_slice(b"\r\n.\r\n");
+                s.write_all(&data).await.map_err(io)?;
                 replies(addr, &mut s, &mut buf, &mut pending, 1).await?;
                 i = hi;
             }
