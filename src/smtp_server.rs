@@ -129,7 +129,7 @@ async fn session<H: Handler>(
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Vec::with_capacity(1024);
     loop {
-        let n = match tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)).await {
+        let mut n = match tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)).await {
             Err(_) => {
                 stream.write_all(b"421 4.4.2 idle timeout\r\n").await?;
                 return Ok(());
@@ -140,7 +140,15 @@ async fn session<H: Handler>(
             return Ok(());
         }
         if let Some(d) = handler.read_delay() {
+            // one simulated round trip per flight: what the peer sent in the same flight
+            // (already arrived after the delay) is read without a second delay
             tokio::time::sleep(d).await;
+            while n < buf.len() {
+                match stream.try_read(&mut buf[n..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => n += k,
+                }
+            }
         }
         let mut iter = buf[..n].iter();
         let mut quit = false;
