@@ -523,6 +523,18 @@ pub struct RulesCfg {
     /// Throughput level: slow, normal, fast, very_fast, boost, custom.
     #[serde(default = "default_level")]
     pub level: String,
+    /// Fetch the MX rules file from here periodically (stored at `mx`); off in `custom`.
+    #[serde(default)]
+    pub sync_url: Option<String>,
+    /// Fetch the bounce rules file from here periodically (stored at `bounce`).
+    #[serde(default)]
+    pub bounce_sync_url: Option<String>,
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval: Dur,
+}
+
+fn default_sync_interval() -> Dur {
+    Dur::secs(86_400)
 }
 
 fn default_level() -> String {
@@ -535,6 +547,9 @@ impl Default for RulesCfg {
             mx: None,
             bounce: None,
             level: default_level(),
+            sync_url: None,
+            bounce_sync_url: None,
+            sync_interval: default_sync_interval(),
         }
     }
 }
@@ -758,6 +773,30 @@ impl Config {
             }
             if !u.url.contains("{token}") {
                 issue("unsubscribe", "url", "must contain {token}".into());
+            }
+        }
+        if self.rules.sync_url.is_some() && self.rules.mx.is_none() {
+            issue(
+                "rules",
+                "sync_url",
+                "needs [rules] mx: the synced file is stored there".into(),
+            );
+        }
+        if self.rules.bounce_sync_url.is_some() && self.rules.bounce.is_none() {
+            issue(
+                "rules",
+                "bounce_sync_url",
+                "needs [rules] bounce: the synced file is stored there".into(),
+            );
+        }
+        for (key, url) in [
+            ("sync_url", &self.rules.sync_url),
+            ("bounce_sync_url", &self.rules.bounce_sync_url),
+        ] {
+            if let Some(u) = url {
+                if let Err(e) = crate::events::http::parse_url(u) {
+                    issue("rules", key, e);
+                }
             }
         }
         if crate::rules::Level::parse(&self.rules.level).is_none() {

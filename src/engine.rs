@@ -347,6 +347,17 @@ impl Engine {
                 }
             }));
         }
+        if cfg.rules.sync_url.is_some() || cfg.rules.bounce_sync_url.is_some() {
+            let sync = crate::rules_sync::Sync {
+                cfg: cfg.clone(),
+                sched: sched.clone(),
+                quarantine: quarantine.clone(),
+                metrics: metrics.clone(),
+                events: events.clone(),
+                clock: clock.clone(),
+            };
+            tasks.push(tokio::spawn(sync.run(shutdown_rx.clone())));
+        }
         let router = api::router(Arc::new(ApiState {
             intake: intake.clone(),
             ctx: ctx.clone(),

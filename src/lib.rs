@@ -26,6 +26,7 @@ pub mod quarantine;
 pub mod queue;
 pub mod render;
 pub mod rules;
+pub mod rules_sync;
 pub mod sink;
 pub mod smtp_server;
 pub mod spool;

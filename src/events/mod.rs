@@ -66,7 +66,7 @@
 //! quote, CR or LF are quoted, quotes doubled (RFC 4180). Other events make no record.
 
 mod csv;
-mod http;
+pub mod http;
 mod log;
 mod webhook;
 
