@@ -48,6 +48,7 @@ fn bench(c: &mut Criterion) {
             ip: None,
             helo: "b.test".into(),
             weight: 1,
+            ipv4_only: false,
         }];
         let (sched, mut feeds) = Scheduler::new(
             Clock::System,

@@ -498,6 +498,9 @@ pub struct SourceCfg {
     /// Throughput level of this source (warm-up); default `[rules] level`.
     #[serde(default)]
     pub level: Option<String>,
+    /// Never deliver to IPv6 MX addresses from this source (unwarmed, unnamed IPv6).
+    #[serde(default)]
+    pub ipv4_only: bool,
 }
 
 fn default_weight() -> u32 {

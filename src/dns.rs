@@ -130,6 +130,29 @@ impl Resolver {
         &self.inner
     }
 
+    /// The reverse DNS (PTR) names of an address.
+    pub async fn reverse(&self, ip: IpAddr) -> Result<Vec<String>, String> {
+        let name = hickory_resolver::proto::rr::Name::from(ip);
+        match self
+            .inner
+            .lookup(name, hickory_resolver::proto::rr::RecordType::PTR)
+            .await
+        {
+            Ok(l) => Ok(l
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::PTR(p) => {
+                        Some(p.0.to_ascii().trim_end_matches('.').to_ascii_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Number of cached plans.
     pub fn cached(&self) -> usize {
         self.cache.len()

@@ -65,6 +65,7 @@ pub fn sources_of(cfg: &Config) -> Vec<Source> {
             ip: None,
             helo: cfg.hostname.clone(),
             weight: 1,
+            ipv4_only: false,
         }];
     }
     cfg.sources
@@ -74,6 +75,7 @@ pub fn sources_of(cfg: &Config) -> Vec<Source> {
             ip: s.ip,
             helo: s.helo.clone().unwrap_or_else(|| cfg.hostname.clone()),
             weight: s.weight.max(1),
+            ipv4_only: s.ipv4_only,
         })
         .collect()
 }

@@ -566,6 +566,36 @@ fn main() -> Result<()> {
                 },
                 None => println!("(built-in bounce rules)"),
             }
+            // providers reject a HELO that does not match the sending IP's reverse DNS
+            let named: Vec<_> = cfg.sources.iter().filter(|s| s.ip.is_some()).collect();
+            if !named.is_empty() {
+                let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+                rt.block_on(async {
+                    let Ok(resolver) = sluice::dns::Resolver::new(&cfg.dns) else {
+                        return;
+                    };
+                    for s in named {
+                        let (Some(ip), helo) = (s.ip, s.helo.as_deref().unwrap_or(&cfg.hostname)) else {
+                            continue;
+                        };
+                        let ptr = tokio::time::timeout(std::time::Duration::from_secs(3), resolver.reverse(ip)).await;
+                        match ptr {
+                            Ok(Ok(names)) if names.iter().any(|n| n.eq_ignore_ascii_case(helo)) => {}
+                            Ok(Ok(names)) if names.is_empty() => eprintln!(
+                                "warning: source {:?} ({ip}) has no reverse DNS; providers expect it to be {helo:?}",
+                                s.name
+                            ),
+                            Ok(Ok(names)) => eprintln!(
+                                "warning: source {:?} ({ip}) reverse DNS is {} but its helo is {helo:?}; providers reject that",
+                                s.name,
+                                names.join(", ")
+                            ),
+                            Ok(Err(e)) => eprintln!("warning: cannot check reverse DNS of source {:?} ({ip}): {e}", s.name),
+                            Err(_) => eprintln!("warning: reverse DNS of source {:?} ({ip}) timed out", s.name),
+                        }
+                    }
+                });
+            }
             if !cfg.dkim.is_empty() {
                 match sluice::dkim::Signer::load(&cfg.dkim, &cfg.base_dir) {
                     Ok(s) => println!("DKIM: {} signing keys loaded", s.len()),

@@ -145,6 +145,8 @@ struct RawRule {
     fallback_on_421: bool,
     #[serde(default)]
     retry: Option<Vec<String>>,
+    #[serde(default)]
+    ipv4_only: bool,
 }
 
 fn yes() -> bool {
@@ -185,6 +187,8 @@ pub struct Rule {
     pub tls: RuleTls,
     pub fallback_on_421: bool,
     pub retry: Option<Vec<Duration>>,
+    /// Connect to IPv4 MX addresses only.
+    pub ipv4_only: bool,
 }
 
 impl Rule {
@@ -357,6 +361,7 @@ impl RuleSet {
                 tls: r.tls,
                 fallback_on_421: r.fallback_on_421,
                 retry,
+                ipv4_only: r.ipv4_only,
             });
         }
         let missing_catch_all = !rules.iter().any(Rule::is_catch_all);

@@ -123,3 +123,18 @@ fn bounce_classify_prints_type_and_reason() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"complaint\""), "{out}");
 }
+
+#[test]
+fn check_warns_about_reverse_dns_of_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.toml");
+    // a resolver that does not answer: the check warns, it does not fail
+    std::fs::write(
+        &p,
+        format!("{GOOD}[dns]\nnameservers = [\"127.79.0.1:53\"]\ntimeout = \"1s\"\n[[sources]]\nname = \"ip1\"\nip = \"127.79.0.10\"\nhelo = \"mta1.example.com\"\n"),
+    )
+    .unwrap();
+    let (code, _, err) = sluice(&["check", "--config", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning:") && err.contains("ip1"), "{err}");
+}

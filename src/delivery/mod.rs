@@ -270,6 +270,9 @@ pub async fn serve_queue(ctx: &Ctx, qid: u64, info: &ConnInfo) -> bool {
     let mut stopped = false;
     let mut established = false;
     for target in ordered_targets(&info.targets) {
+        if info.ipv4_only && !target.ip.is_ipv4() {
+            continue;
+        }
         match serve_host(ctx, qid, info, &target, &mut established).await {
             HostResult::Done => return established,
             HostResult::Next(i, network) => {

@@ -37,6 +37,7 @@ pub struct Source {
     pub ip: Option<IpAddr>,
     pub helo: String,
     pub weight: u32,
+    pub ipv4_only: bool,
 }
 
 struct Queue {
@@ -141,6 +142,8 @@ pub struct ConnInfo {
     pub helo: String,
     pub targets: Arc<Vec<MxHost>>,
     pub notify: Arc<Notify>,
+    /// Source or rule says: IPv4 MX addresses only.
+    pub ipv4_only: bool,
 }
 
 /// Channels the scheduler feeds: connection requests (queue ids), DNS resolutions wanted
@@ -358,14 +361,16 @@ impl Scheduler {
         let q = g.queues.get(&qid)?;
         let path = g.paths.get(&q.path)?;
         let src = g.sources.get(q.source)?;
+        let rule = Self::rule_of(&g, &path.rule);
         Some(ConnInfo {
             path: q.path.clone(),
-            rule: Self::rule_of(&g, &path.rule),
+            rule: rule.clone(),
             source: src.name.clone(),
             source_ip: src.ip,
             helo: src.helo.clone(),
             targets: q.targets.clone(),
             notify: q.notify.clone(),
+            ipv4_only: src.ipv4_only || rule.ipv4_only,
         })
     }
 
