@@ -49,6 +49,7 @@ fn bench(c: &mut Criterion) {
             helo: "b.test".into(),
             weight: 1,
             ipv4_only: false,
+            warmup: Vec::new(),
         }];
         let (sched, mut feeds) = Scheduler::new(
             Clock::System,
@@ -58,6 +59,10 @@ fn bench(c: &mut Criterion) {
                 rules,
                 level: Level::Boost,
                 source_levels: Default::default(),
+                warmup_limits: sluice::queue::warmup::Limits {
+                    max_bounce_ratio: 0.05,
+                    max_deferral_ratio: 0.2,
+                },
             },
             metrics,
             campaigns,

@@ -332,6 +332,7 @@ async fn get_level(State(st): St) -> Response {
     Json(json!({
         "level": level.as_str(),
         "sources": per_source.iter().map(|(s, l)| json!({"source": s, "level": l.as_str()})).collect::<Vec<_>>(),
+        "warmup": st.intake.sched.warmup_status(),
     }))
     .into_response()
 }

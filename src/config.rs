@@ -501,6 +501,17 @@ pub struct SourceCfg {
     /// Never deliver to IPv6 MX addresses from this source (unwarmed, unnamed IPv6).
     #[serde(default)]
     pub ipv4_only: bool,
+    /// Warm-up schedule: one entry per day (`level`, `daily_cap`); the day advances after a
+    /// clean day. Mail over the cap overflows to the pool's other sources.
+    #[serde(default)]
+    pub warmup: Vec<WarmupStepCfg>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupStepCfg {
+    pub level: String,
+    pub daily_cap: u64,
 }
 
 fn default_weight() -> u32 {
@@ -534,6 +545,18 @@ pub struct RulesCfg {
     pub bounce_sync_url: Option<String>,
     #[serde(default = "default_sync_interval")]
     pub sync_interval: Dur,
+    /// A warm-up day counts as clean (the schedule advances) below these ratios.
+    #[serde(default = "default_warm_bounce")]
+    pub warmup_max_bounce_ratio: f64,
+    #[serde(default = "default_warm_deferral")]
+    pub warmup_max_deferral_ratio: f64,
+}
+
+fn default_warm_bounce() -> f64 {
+    0.05
+}
+fn default_warm_deferral() -> f64 {
+    0.20
 }
 
 fn default_sync_interval() -> Dur {
@@ -553,6 +576,8 @@ impl Default for RulesCfg {
             sync_url: None,
             bounce_sync_url: None,
             sync_interval: default_sync_interval(),
+            warmup_max_bounce_ratio: default_warm_bounce(),
+            warmup_max_deferral_ratio: default_warm_deferral(),
         }
     }
 }
@@ -827,6 +852,15 @@ impl Config {
                     "weight",
                     format!("source {:?}: weight must be at least 1", src.name),
                 );
+            }
+            for w in &src.warmup {
+                if crate::rules::Level::parse(&w.level).is_none() {
+                    issue(
+                        "sources",
+                        "warmup",
+                        format!("source {:?}: unknown level {:?}", src.name, w.level),
+                    );
+                }
             }
             if let Some(l) = &src.level {
                 if crate::rules::Level::parse(l).is_none() {

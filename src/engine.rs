@@ -66,6 +66,7 @@ pub fn sources_of(cfg: &Config) -> Vec<Source> {
             helo: cfg.hostname.clone(),
             weight: 1,
             ipv4_only: false,
+            warmup: Vec::new(),
         }];
     }
     cfg.sources
@@ -76,6 +77,14 @@ pub fn sources_of(cfg: &Config) -> Vec<Source> {
             helo: s.helo.clone().unwrap_or_else(|| cfg.hostname.clone()),
             weight: s.weight.max(1),
             ipv4_only: s.ipv4_only,
+            warmup: s
+                .warmup
+                .iter()
+                .map(|w| crate::queue::warmup::Step {
+                    level: Level::parse(&w.level).unwrap_or(Level::Slow),
+                    daily_cap: w.daily_cap,
+                })
+                .collect(),
         })
         .collect()
 }
@@ -177,6 +186,10 @@ impl Engine {
                 rules,
                 level,
                 source_levels,
+                warmup_limits: crate::queue::warmup::Limits {
+                    max_bounce_ratio: cfg.rules.warmup_max_bounce_ratio,
+                    max_deferral_ratio: cfg.rules.warmup_max_deferral_ratio,
+                },
             },
             metrics.clone(),
             campaigns.clone(),

@@ -304,3 +304,41 @@ async fn rules_reload_refuses_a_broken_file_and_keeps_the_running_rules() {
     assert_eq!(h.engine().scheduler().rules().rules[0].max_connections, 6);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_warming_ip_keeps_to_its_daily_cap_and_overflows_to_warm_ips() {
+    let net = 66;
+    let mx = FakeMx::start(ipa(net, 2), MX_PORT, MxScript::default()).await;
+    let mut o = Opts::new(net);
+    o.manual_clock = true;
+    o.rules = Some(catch_all(4, 100, "idle_timeout = \"200ms\""));
+    o.extra = format!(
+        "[[sources]]\nname = \"warm\"\nip = \"{}\"\n[[sources]]\nname = \"new\"\nip = \"{}\"\n[[sources.warmup]]\nlevel = \"slow\"\ndaily_cap = 5\n[[sources.warmup]]\nlevel = \"normal\"\ndaily_cap = 1000\n",
+        ip(net, 10),
+        ip(net, 11)
+    );
+    let mut h = Harness::start(hosted(net, 4), o).await;
+    let rcpts: Vec<String> = (0..40).map(|i| format!("u{i}@d{}.test", i % 4)).collect();
+    inject_many(&h, &rcpts).await;
+    let txns = mx.wait_transactions(40, WAIT).await;
+    let from_new = txns.iter().filter(|t| t.peer.ip() == ipa(net, 11)).count();
+    assert_eq!(
+        from_new, 5,
+        "the warming IP sends its daily cap, the rest overflows"
+    );
+    let (_, v) = http(h.http(), "GET", "/api/v1/level", None, None).await;
+    let w = &v["warmup"][0];
+    assert_eq!(
+        (w["source"].as_str(), w["day"].as_u64(), w["level"].as_str()),
+        (Some("new"), Some(1), Some("slow")),
+        "{v}"
+    );
+    // a clean day: the schedule moves to day 2 (normal, cap 1000)
+    h.advance(Duration::from_secs(86_400));
+    inject_many(&h, &["next@d0.test".to_string()]).await;
+    h.wait_for("delivered", "next@d0.test").await;
+    let (_, v) = http(h.http(), "GET", "/api/v1/level", None, None).await;
+    assert_eq!(v["warmup"][0]["day"], 2, "{v}");
+    assert_eq!(v["warmup"][0]["level"], "normal");
+    h.shutdown().await;
+}

@@ -108,6 +108,7 @@ impl Ctx {
     }
 
     fn count(&self, d: &Delivery, qid: Option<u64>, result: &str, final_outcome: bool, now: u64) {
+        self.sched.note_result(qid, result);
         let (rule, source) = self.sched.labels_of(qid);
         let m = &self.metrics;
         m.deliveries.with_label_values(&[&rule, result]).inc();

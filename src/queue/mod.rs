@@ -16,6 +16,7 @@
 
 mod route;
 pub mod status;
+pub mod warmup;
 
 use crate::clock::Clock;
 use crate::dns::MxHost;
@@ -38,6 +39,8 @@ pub struct Source {
     pub helo: String,
     pub weight: u32,
     pub ipv4_only: bool,
+    /// Warm-up schedule (empty = none).
+    pub warmup: Vec<warmup::Step>,
 }
 
 struct Queue {
@@ -108,6 +111,8 @@ struct Inner {
     ready: u64,
     in_flight: u64,
     paused: bool,
+    warm: Vec<warmup::WarmState>,
+    warm_limits: warmup::Limits,
     next_sweep: u64,
 }
 
@@ -119,6 +124,7 @@ pub struct Setup {
     pub rules: Arc<RuleSet>,
     pub level: Level,
     pub source_levels: HashMap<String, Level>,
+    pub warmup_limits: warmup::Limits,
 }
 
 /// What a connection does next.
@@ -183,7 +189,9 @@ impl Scheduler {
             rules,
             level,
             source_levels,
+            warmup_limits,
         } = setup;
+        let warm = vec![warmup::WarmState::default(); sources.len()];
         for r in &rules.rules {
             metrics.init_rule(&r.name);
         }
@@ -219,6 +227,8 @@ impl Scheduler {
                 ready: 0,
                 in_flight: 0,
                 paused: false,
+                warm,
+                warm_limits: warmup_limits,
                 next_sweep: now + SWEEP_MS,
             }),
             wake: Notify::new(),
@@ -290,6 +300,14 @@ impl Scheduler {
     }
 
     fn level_of(g: &Inner, path: &PathState) -> Level {
+        if let Some(l) = path
+            .source
+            .as_ref()
+            .and_then(|s| g.sources.iter().position(|x| &x.name == s))
+            .and_then(|i| Self::warm_level(g, i))
+        {
+            return l;
+        }
         path.source
             .as_ref()
             .and_then(|s| g.source_levels.get(s))

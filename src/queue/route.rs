@@ -151,9 +151,11 @@ impl Scheduler {
     /// The pool's next source for this delivery (skipping sources that cannot reach `site`).
     fn pick_source(&self, g: &mut Inner, d: &Delivery, site: &str, avoid: Option<usize>) -> usize {
         let now = self.clock.now_ms();
+        let capped = self.warm_capped(g);
         let unreachable = &g.unreachable;
         let usable = |s: usize| {
             Some(s) != avoid
+                && !capped.get(s).copied().unwrap_or(false)
                 && (unreachable.is_empty()
                     || unreachable
                         .get(&(s, site.to_string()))
@@ -167,9 +169,15 @@ impl Scheduler {
                 None => return 0,
             },
         };
-        pool.pick(usable)
+        let source = pool
+            .pick(usable)
             .or_else(|| pool.pick(|_| true))
-            .unwrap_or(0)
+            .unwrap_or(0);
+        // a warming source's daily cap counts the mail assigned to it today
+        if let Some(w) = g.warm.get_mut(source) {
+            w.sent += 1;
+        }
+        source
     }
 
     /// The queue (and path) of a delivery from `source` to `site`, created when missing.
