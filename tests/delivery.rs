@@ -428,3 +428,38 @@ async fn chunking_sends_the_whole_transaction_in_one_flight() {
     assert!(sink.stats.bytes.load(std::sync::atomic::Ordering::Relaxed) > 5 * 100);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn ipv4_only_keeps_mail_off_ipv6_mx_addresses() {
+    let net = 24;
+    // the only MX address is IPv6 (::1); the source is IPv4-only
+    let v6 = FakeMx::start("::1".parse().unwrap(), MX_PORT, MxScript::default()).await;
+    let dns = DnsBuilder::new()
+        .mx("six.test", 10, "mx.six.test")
+        .aaaa("mx.six.test", "::1".parse().unwrap());
+    let mut o = Opts::new(net);
+    o.extra = "[[sources]]\nname = \"v4\"\nipv4_only = true\n".into();
+    let mut h = Harness::start(dns, o).await;
+    h.inject(&["x@six.test"]).await;
+    let ev = h.wait_for("deferred", "x@six.test").await;
+    assert!(
+        ev.response
+            .as_deref()
+            .unwrap()
+            .contains("no usable MX address"),
+        "{:?}",
+        ev.response
+    );
+    assert!(v6.connections().is_empty());
+    h.shutdown().await;
+    // without ipv4_only the same mail goes over IPv6
+    let dns = DnsBuilder::new()
+        .mx("six.test", 10, "mx.six.test")
+        .aaaa("mx.six.test", "::1".parse().unwrap());
+    let mut h = Harness::start(dns, Opts::new(net + 1)).await;
+    h.inject(&["y@six.test"]).await;
+    let ev = h.wait_for("delivered", "y@six.test").await;
+    assert_eq!(ev.ip.as_deref(), Some("::1"));
+    assert_eq!(v6.transactions().len(), 1);
+    h.shutdown().await;
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
-use hickory_server::proto::rr::rdata::{A, MX, SOA, TXT};
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
@@ -138,6 +138,10 @@ impl DnsBuilder {
 
     pub fn a(self, host: &str, ip: Ipv4Addr) -> Self {
         self.push(host, Ok(RData::A(A(ip))))
+    }
+
+    pub fn aaaa(self, host: &str, ip: std::net::Ipv6Addr) -> Self {
+        self.push(host, Ok(RData::AAAA(AAAA(ip))))
     }
 
     pub fn txt(self, name: &str, text: &str) -> Self {
