@@ -81,7 +81,7 @@ impl Renderer {
 
     /// The bytes to send for delivery `d` whose stored body is `body`.
     pub fn render(&self, d: &Delivery, body: &Arc<Vec<u8>>) -> Result<Arc<Vec<u8>>, RenderError> {
-        let personal = body.windows(2).any(|w| w == b"{{");
+        let personal = memchr::memmem::find(body, b"{{").is_some();
         let unsub = self
             .unsubscribe
             .as_ref()
