@@ -8,7 +8,7 @@ use sluice::dns::MxHost;
 use sluice::metrics::Metrics;
 use sluice::queue::{Next, Scheduler, Source};
 use sluice::rules::{Level, RuleSet};
-use sluice::spool::{Delivery, Priority, Spool};
+use sluice::spool::{Delivery, Spool};
 use sluice::Clock;
 use std::sync::Arc;
 
@@ -18,11 +18,7 @@ fn delivery(id: u64, domain: usize) -> Delivery {
         body_id: 1,
         recipient: format!("u{id}@d{domain}.test"),
         recipient_id: None,
-        campaign: None,
-        tenant: None,
-        pool: None,
-        priority: Priority::Bulk,
-        verp_domain: None,
+        meta: Default::default(),
         created_ms: 0,
         expires_ms: u64::MAX,
         attempts: 0,

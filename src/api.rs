@@ -240,8 +240,8 @@ async fn message(State(st): St, Path(id): Path<String>) -> Response {
         "state": state,
         "recipient": d.recipient,
         "recipient_id": d.recipient_id,
-        "campaign": d.campaign,
-        "tenant": d.tenant,
+        "campaign": d.campaign(),
+        "tenant": d.tenant(),
         "envelope_from": st.intake.verp.envelope_of(&d),
         "created": crate::clock::rfc3339(d.created_ms),
         "expires": crate::clock::rfc3339(d.expires_ms),
@@ -585,7 +585,7 @@ async fn campaign_action(
             let taken = st
                 .intake
                 .sched
-                .take_matching(|d| d.campaign.as_deref() == Some(campaign.as_str()));
+                .take_matching(|d| d.campaign() == Some(campaign.as_str()));
             let n = taken.len();
             for (d, qid) in taken {
                 st.ctx.cancelled(d, qid).await;
@@ -643,7 +643,7 @@ async fn tenant_action(State(st): St, Path((tenant, action)): Path<(String, Stri
             let taken = st
                 .intake
                 .sched
-                .take_matching(|d| d.tenant.as_deref() == Some(tenant.as_str()));
+                .take_matching(|d| d.tenant() == Some(tenant.as_str()));
             dropped = taken.len();
             for (d, qid) in taken {
                 st.ctx.cancelled(d, qid).await;

@@ -236,7 +236,7 @@ impl Engine {
             );
         }
         for d in &recovered {
-            campaigns.on_recovered(d.campaign.as_deref(), d.tenant.as_deref());
+            campaigns.on_recovered(d.campaign(), d.tenant());
         }
         sched.add_many(recovered);
 

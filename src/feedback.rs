@@ -114,15 +114,15 @@ impl FeedbackHandler {
             let result = if complaint { "complaint" } else { "returned" };
             if let Some(reason) = self
                 .campaigns
-                .on_outcome(d.campaign.as_deref(), result, hard, complaint)
+                .on_outcome(d.campaign(), result, hard, complaint)
                 .await
             {
                 self.metrics.breaker_trips.inc();
                 self.events.emit(Event {
                     ts: crate::clock::rfc3339(now),
                     event: "campaign_paused".into(),
-                    campaign: d.campaign.as_deref().map(str::to_string),
-                    tenant: d.tenant.as_deref().map(str::to_string),
+                    campaign: d.campaign().map(str::to_string),
+                    tenant: d.tenant().map(str::to_string),
                     message: Some(reason),
                     ..Event::default()
                 });
@@ -131,7 +131,7 @@ impl FeedbackHandler {
         if let Some(addr) = recipient {
             let tenant = delivery
                 .as_ref()
-                .and_then(|d| d.tenant.as_deref().map(str::to_string));
+                .and_then(|d| d.tenant().map(str::to_string));
             let response = verdict.diagnostic.clone().unwrap_or_default();
             if let Err(e) = self
                 .quarantine

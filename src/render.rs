@@ -113,8 +113,8 @@ impl Renderer {
         if let Some((cfg, tokens)) = unsub {
             let s = Subject {
                 recipient: d.recipient.clone(),
-                campaign: d.campaign.as_deref().map(str::to_string),
-                tenant: d.tenant.as_deref().map(str::to_string),
+                campaign: d.campaign().map(str::to_string),
+                tenant: d.tenant().map(str::to_string),
             };
             extra.extend_from_slice(unsubscribe::headers(cfg, tokens, &s).as_bytes());
         }
@@ -131,8 +131,8 @@ impl Renderer {
         if let Some(tpl) = &self.feedback_id {
             if !has_header(content, "Feedback-ID") {
                 let v = tpl
-                    .replace("{campaign}", d.campaign.as_deref().unwrap_or("none"))
-                    .replace("{tenant}", d.tenant.as_deref().unwrap_or("default"));
+                    .replace("{campaign}", d.campaign().unwrap_or("none"))
+                    .replace("{tenant}", d.tenant().unwrap_or("default"));
                 head.extend_from_slice(format!("Feedback-ID: {v}\r\n").as_bytes());
             }
         }

@@ -103,7 +103,7 @@ impl Verp {
 
     /// The envelope sender of a delivery.
     pub fn envelope_of(&self, d: &crate::spool::Delivery) -> String {
-        match d.verp_domain.as_deref() {
+        match d.verp_domain() {
             Some(domain) => self.encode_on(d.id, domain),
             None => self.encode(d.id),
         }

@@ -365,9 +365,9 @@ async fn serve_host(
                 continue;
             }
         };
-        if let Some(reason) =
-            ctx.quarantine
-                .blocked(d.tenant.as_deref(), &d.recipient, ctx.clock.now_ms())
+        if let Some(reason) = ctx
+            .quarantine
+            .blocked(d.tenant(), &d.recipient, ctx.clock.now_ms())
         {
             ctx.suppressed(d, &reason, Some(qid)).await;
             continue;

@@ -27,8 +27,8 @@ pub fn base_event(kind: &str, d: &Delivery, envelope_from: String, ts_ms: u64) -
         ts: rfc3339(ts_ms),
         event: kind.to_string(),
         id: Some(id_str(d.id)),
-        campaign: d.campaign.as_deref().map(str::to_string),
-        tenant: d.tenant.as_deref().map(str::to_string),
+        campaign: d.campaign().map(str::to_string),
+        tenant: d.tenant().map(str::to_string),
         recipient: Some(d.recipient.clone()),
         recipient_id: d.recipient_id.clone(),
         envelope_from: Some(envelope_from),
@@ -86,10 +86,10 @@ impl Ctx {
     async fn campaign(&self, d: &Delivery, result: &str, hard: bool, complaint: bool) {
         if let Some(reason) = self
             .campaigns
-            .on_outcome(d.campaign.as_deref(), result, hard, complaint)
+            .on_outcome(d.campaign(), result, hard, complaint)
             .await
         {
-            self.campaign_paused(d.campaign.as_deref(), d.tenant.as_deref(), &reason);
+            self.campaign_paused(d.campaign(), d.tenant(), &reason);
         }
     }
 
@@ -147,7 +147,7 @@ impl Ctx {
             .inc();
         match self
             .quarantine
-            .record_failure(d.tenant.as_deref(), &d.recipient, t, r, response, now)
+            .record_failure(d.tenant(), &d.recipient, t, r, response, now)
             .await
         {
             Ok(Effect::Quarantined) => {
@@ -163,7 +163,7 @@ impl Ctx {
         record(&mut d, &a, now);
         if let Err(e) = self
             .quarantine
-            .record_success(d.tenant.as_deref(), &d.recipient)
+            .record_success(d.tenant(), &d.recipient)
             .await
         {
             tracing::error!(error = %e, "cannot reset quarantine count");

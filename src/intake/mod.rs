@@ -197,11 +197,13 @@ impl Intake {
         let expires_ms = now + ttl.as_millis() as u64;
         let template = crate::template::Template::parse(&prepared.content)?;
         let verp_domain = self.verp.domain_for(prepared.from_domain.as_deref());
-        let verp_arc: Option<Arc<str>> =
-            (verp_domain != self.verp.domain()).then(|| Arc::from(verp_domain.as_str()));
-        let campaign_arc: Option<Arc<str>> = campaign.as_deref().map(Arc::from);
-        let tenant_arc: Option<Arc<str>> = tenant.as_deref().map(Arc::from);
-        let pool_arc: Option<Arc<str>> = pool.as_deref().map(Arc::from);
+        let meta = Arc::new(crate::spool::Meta {
+            campaign: campaign.clone(),
+            tenant: tenant.clone(),
+            pool: pool.clone(),
+            priority: sub.priority,
+            verp_domain: (verp_domain != self.verp.domain()).then(|| verp_domain.clone()),
+        });
         let mut deliveries = Vec::with_capacity(sub.recipients.len());
         let mut rejected = Vec::new();
         for r in sub.recipients {
@@ -247,11 +249,7 @@ impl Intake {
                         body_id,
                         recipient: a.as_string(),
                         recipient_id: r.id,
-                        campaign: campaign_arc.clone(),
-                        tenant: tenant_arc.clone(),
-                        pool: pool_arc.clone(),
-                        priority: sub.priority,
-                        verp_domain: verp_arc.clone(),
+                        meta: meta.clone(),
                         created_ms: now,
                         expires_ms,
                         attempts: 0,

@@ -69,7 +69,7 @@ impl Queue {
             .or_else(|| self.bulk.pop_front())
     }
     fn push(&mut self, d: Delivery, front: bool) {
-        let lane = match d.priority {
+        let lane = match d.priority() {
             Priority::Transactional => &mut self.transactional,
             Priority::Bulk => &mut self.bulk,
         };
@@ -428,8 +428,8 @@ impl Scheduler {
                 let _ = self.expired_tx.send((d, Some(qid)));
                 continue;
             }
-            let campaign = d.campaign.as_deref();
-            let wait = if self.campaigns.held(campaign, d.tenant.as_deref()) {
+            let campaign = d.campaign();
+            let wait = if self.campaigns.held(campaign, d.tenant()) {
                 Some(None)
             } else {
                 self.campaigns.take_token(campaign, now).err().map(Some)

@@ -161,7 +161,7 @@ impl Scheduler {
                         .get(&(s, site.to_string()))
                         .is_none_or(|u| *u <= now))
         };
-        let pool_name = d.pool.as_deref().unwrap_or("default");
+        let pool_name = d.pool().unwrap_or("default");
         let pool = match g.pools.get_mut(pool_name) {
             Some(p) => p,
             None => match g.pools.get_mut("default") {
@@ -310,7 +310,7 @@ impl Scheduler {
             .insert((source, site.clone()), now + super::UNREACHABLE_MS);
         let mut stuck = Vec::new();
         for d in ds {
-            let pool = d.pool.as_deref().unwrap_or("default").to_string();
+            let pool = d.pool().unwrap_or("default").to_string();
             let others = g.pools.get(&pool).is_some_and(|p| {
                 p.members.iter().any(|(s, _)| {
                     *s != source

@@ -4,7 +4,7 @@
 //! byte for optional fields. The envelope sender is not stored: it is recomputed from the id
 //! (and the aligned VERP domain, when there is one).
 
-use super::{Attempt, Delivery, Priority};
+use super::{Attempt, Delivery, Meta, Priority};
 use std::sync::Arc;
 
 const VERSION: u8 = 1;
@@ -97,10 +97,10 @@ pub fn encode(d: &Delivery) -> Vec<u8> {
     w.u(d.body_id);
     w.s(&d.recipient);
     w.os(d.recipient_id.as_deref());
-    w.os(d.campaign.as_deref());
-    w.os(d.tenant.as_deref());
-    w.os(d.pool.as_deref());
-    w.0.push(match d.priority {
+    w.os(d.campaign());
+    w.os(d.tenant());
+    w.os(d.pool());
+    w.0.push(match d.priority() {
         Priority::Bulk => 0,
         Priority::Transactional => 1,
     });
@@ -108,7 +108,7 @@ pub fn encode(d: &Delivery) -> Vec<u8> {
     w.u(d.expires_ms.saturating_sub(d.created_ms));
     w.u(d.attempts as u64);
     w.u(d.next_ms);
-    w.os(d.verp_domain.as_deref());
+    w.os(d.verp_domain());
     w.u(d.history.len() as u64);
     for a in &d.history {
         w.u(a.ts);
@@ -140,9 +140,9 @@ pub fn decode(id: u64, b: &[u8]) -> Result<Delivery, DecodeError> {
     let body_id = r.u()?;
     let recipient = r.s()?;
     let recipient_id = r.os()?;
-    let campaign = r.os()?.map(Arc::from);
-    let tenant = r.os()?.map(Arc::from);
-    let pool = r.os()?.map(Arc::from);
+    let campaign = r.os()?;
+    let tenant = r.os()?;
+    let pool = r.os()?;
     let priority = match r.byte()? {
         1 => Priority::Transactional,
         _ => Priority::Bulk,
@@ -151,7 +151,7 @@ pub fn decode(id: u64, b: &[u8]) -> Result<Delivery, DecodeError> {
     let expires_ms = created_ms.saturating_add(r.u()?);
     let attempts = r.u()? as u32;
     let next_ms = r.u()?;
-    let verp_domain = r.os()?.map(Arc::from);
+    let verp_domain = r.os()?;
     let n = r.u()? as usize;
     let mut history = Vec::with_capacity(n.min(16));
     for _ in 0..n {
@@ -182,11 +182,13 @@ pub fn decode(id: u64, b: &[u8]) -> Result<Delivery, DecodeError> {
         vars,
         recipient,
         recipient_id,
-        campaign,
-        tenant,
-        pool,
-        priority,
-        verp_domain,
+        meta: Arc::new(Meta {
+            campaign,
+            tenant,
+            pool,
+            priority,
+            verp_domain,
+        }),
         created_ms,
         expires_ms,
         attempts,
@@ -206,11 +208,13 @@ mod tests {
             body_id: 5,
             recipient: "ana@x.test".into(),
             recipient_id: Some("crm-1".into()),
-            campaign: Some(Arc::from("spring")),
-            tenant: None,
-            pool: Some(Arc::from("p")),
-            priority: Priority::Transactional,
-            verp_domain: Some(Arc::from("feedback.brand.test")),
+            meta: Arc::new(Meta {
+                campaign: Some("spring".into()),
+                tenant: None,
+                pool: Some("p".into()),
+                priority: Priority::Transactional,
+                verp_domain: Some("feedback.brand.test".into()),
+            }),
             created_ms: 1_700_000_000_000,
             expires_ms: 1_700_000_000_000 + 86_400_000,
             attempts: 2,

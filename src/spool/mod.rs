@@ -63,7 +63,7 @@ db_err!(
     redb::SetDurabilityError
 );
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     #[default]
@@ -82,6 +82,23 @@ pub struct Attempt {
     pub response: String,
 }
 
+/// The part of a delivery shared by every recipient of an injection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash, Default)]
+pub struct Meta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub priority: Priority,
+    /// The VERP domain when it is not the default one (aligned sender subdomain); the
+    /// envelope sender itself is recomputed from the id (`Verp::envelope_of`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verp_domain: Option<String>,
+}
+
 /// A queued delivery: one recipient of one injected message.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Delivery {
@@ -90,18 +107,9 @@ pub struct Delivery {
     pub recipient: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub campaign: Option<Arc<str>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<Arc<str>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pool: Option<Arc<str>>,
-    #[serde(default)]
-    pub priority: Priority,
-    /// The VERP domain when it is not the default one (aligned sender subdomain); the
-    /// envelope sender itself is recomputed from the id (`Verp::envelope_of`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verp_domain: Option<Arc<str>>,
+    /// What the deliveries of one injection share (campaign, tenant, pool, priority, VERP
+    /// domain): one allocation per injection instead of five fields per delivery.
+    pub meta: Arc<Meta>,
     pub created_ms: u64,
     pub expires_ms: u64,
     pub attempts: u32,
@@ -117,6 +125,22 @@ pub struct Delivery {
 pub const MAX_HISTORY: usize = 10;
 
 impl Delivery {
+    pub fn campaign(&self) -> Option<&str> {
+        self.meta.campaign.as_deref()
+    }
+    pub fn tenant(&self) -> Option<&str> {
+        self.meta.tenant.as_deref()
+    }
+    pub fn pool(&self) -> Option<&str> {
+        self.meta.pool.as_deref()
+    }
+    pub fn priority(&self) -> Priority {
+        self.meta.priority
+    }
+    pub fn verp_domain(&self) -> Option<&str> {
+        self.meta.verp_domain.as_deref()
+    }
+
     pub fn domain(&self) -> &str {
         self.recipient
             .rsplit_once('@')
@@ -422,9 +446,17 @@ impl Spool {
         let tx = self.inner.db.begin_read()?;
         let t = tx.open_table(ACTIVE)?;
         let mut out = Vec::new();
+        // deliveries of one injection share one Meta again after a restart
+        let mut shared: std::collections::HashMap<Meta, Arc<Meta>> = Default::default();
         for item in t.iter()? {
             let (k, v) = item?;
-            out.push(self.decode(k.value(), v.value())?);
+            let mut d = self.decode(k.value(), v.value())?;
+            let m = shared
+                .entry((*d.meta).clone())
+                .or_insert_with(|| d.meta.clone())
+                .clone();
+            d.meta = m;
+            out.push(d);
         }
         if let Some(max) = out.iter().map(|d| d.id).max() {
             self.inner.last_id.fetch_max(max, Ordering::Relaxed);
@@ -708,11 +740,10 @@ mod tests {
             body_id,
             recipient: rcpt.into(),
             recipient_id: None,
-            campaign: Some(Arc::from("c")),
-            tenant: None,
-            pool: None,
-            priority: Priority::Bulk,
-            verp_domain: None,
+            meta: Arc::new(Meta {
+                campaign: Some("c".into()),
+                ..Meta::default()
+            }),
             created_ms: 1,
             expires_ms: u64::MAX,
             attempts: 0,
