@@ -16,14 +16,14 @@ fn delivery(id: u64, domain: usize) -> Delivery {
     Delivery {
         id,
         body_id: 1,
-        recipient: format!("u{id}@d{domain}.test"),
+        recipient: format!("u{id}@d{domain}.test").into(),
         recipient_id: None,
         meta: Default::default(),
         created_ms: 0,
         expires_ms: u64::MAX,
         attempts: 0,
         next_ms: 0,
-        history: Vec::new(),
+        history: None,
         vars: None,
     }
 }

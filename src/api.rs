@@ -228,7 +228,7 @@ async fn message(State(st): St, Path(id): Path<String>) -> Response {
         Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let attempts: Vec<Value> = d
-        .history
+        .history()
         .iter()
         .map(|a| {
             json!({"ts": crate::clock::rfc3339(a.ts), "mx": a.mx, "ip": a.ip, "code": a.code,

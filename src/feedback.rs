@@ -94,7 +94,7 @@ impl FeedbackHandler {
         }
         let recipient = delivery
             .as_ref()
-            .map(|d| d.recipient.clone())
+            .map(|d| d.recipient.to_string())
             .or_else(|| verdict.recipient.clone());
         let mut ev = match &delivery {
             Some(d) => base_event("bounced", d, self.verp.envelope_of(d), now),

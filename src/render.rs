@@ -112,7 +112,7 @@ impl Renderer {
         let mut extra = Vec::new();
         if let Some((cfg, tokens)) = unsub {
             let s = Subject {
-                recipient: d.recipient.clone(),
+                recipient: d.recipient.to_string(),
                 campaign: d.campaign().map(str::to_string),
                 tenant: d.tenant().map(str::to_string),
             };

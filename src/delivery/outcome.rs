@@ -29,8 +29,8 @@ pub fn base_event(kind: &str, d: &Delivery, envelope_from: String, ts_ms: u64) -
         id: Some(id_str(d.id)),
         campaign: d.campaign().map(str::to_string),
         tenant: d.tenant().map(str::to_string),
-        recipient: Some(d.recipient.clone()),
-        recipient_id: d.recipient_id.clone(),
+        recipient: Some(d.recipient.to_string()),
+        recipient_id: d.recipient_id.as_deref().map(str::to_string),
         envelope_from: Some(envelope_from),
         ..Event::default()
     }
@@ -250,7 +250,7 @@ impl Ctx {
         self.campaign(&d, "expired", false, false).await;
         let mut ev = base_event("expired", &d, self.verp.envelope_of(&d), now);
         ev.attempt = Some(d.attempts);
-        if let Some(last) = d.history.last() {
+        if let Some(last) = d.history().last() {
             let c = self.quarantine.rules().classify_reply(
                 last.code,
                 last.enhanced.as_deref(),

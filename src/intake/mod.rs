@@ -247,14 +247,14 @@ impl Intake {
                     deliveries.push(Delivery {
                         id,
                         body_id,
-                        recipient: a.as_string(),
-                        recipient_id: r.id,
+                        recipient: a.as_string().into_boxed_str(),
+                        recipient_id: r.id.map(String::into_boxed_str),
                         meta: meta.clone(),
                         created_ms: now,
                         expires_ms,
                         attempts: 0,
                         next_ms: now,
-                        history: Vec::new(),
+                        history: None,
                         vars: r.vars.filter(|v| !v.is_empty()).map(Box::new),
                     });
                 }
@@ -274,7 +274,7 @@ impl Intake {
             .iter()
             .map(|d| AcceptedRecipient {
                 id: id_str(d.id),
-                recipient: d.recipient.clone(),
+                recipient: d.recipient.to_string(),
                 envelope_from: self.verp.envelope_of(d),
             })
             .collect();

@@ -109,8 +109,8 @@ pub fn encode(d: &Delivery) -> Vec<u8> {
     w.u(d.attempts as u64);
     w.u(d.next_ms);
     w.os(d.verp_domain());
-    w.u(d.history.len() as u64);
-    for a in &d.history {
+    w.u(d.history().len() as u64);
+    for a in d.history() {
         w.u(a.ts);
         w.os(a.mx.as_deref());
         w.os(a.ip.as_deref());
@@ -180,8 +180,8 @@ pub fn decode(id: u64, b: &[u8]) -> Result<Delivery, DecodeError> {
         id,
         body_id,
         vars,
-        recipient,
-        recipient_id,
+        recipient: recipient.into_boxed_str(),
+        recipient_id: recipient_id.map(String::into_boxed_str),
         meta: Arc::new(Meta {
             campaign,
             tenant,
@@ -193,7 +193,7 @@ pub fn decode(id: u64, b: &[u8]) -> Result<Delivery, DecodeError> {
         expires_ms,
         attempts,
         next_ms,
-        history,
+        history: (!history.is_empty()).then(|| Box::new(history)),
     })
 }
 
@@ -219,14 +219,14 @@ mod tests {
             expires_ms: 1_700_000_000_000 + 86_400_000,
             attempts: 2,
             next_ms: 1_700_000_300_000,
-            history: vec![Attempt {
+            history: Some(Box::new(vec![Attempt {
                 ts: 1_700_000_100_000,
                 mx: Some("mx1".into()),
                 ip: None,
                 code: Some(451),
                 enhanced: Some("4.7.1".into()),
                 response: "451 4.7.1 later".into(),
-            }],
+            }])),
             vars: Some(Box::new(
                 [("first_name".to_string(), "Ana".to_string())]
                     .into_iter()
@@ -236,7 +236,7 @@ mod tests {
         assert_eq!(decode(77, &encode(&d)).unwrap(), d);
         let short = encode(&d);
         let fresh = Delivery {
-            history: vec![],
+            history: None,
             attempts: 0,
             vars: None,
             ..d.clone()

@@ -104,9 +104,9 @@ pub struct Meta {
 pub struct Delivery {
     pub id: u64,
     pub body_id: u64,
-    pub recipient: String,
+    pub recipient: Box<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recipient_id: Option<String>,
+    pub recipient_id: Option<Box<str>>,
     /// What the deliveries of one injection share (campaign, tenant, pool, priority, VERP
     /// domain): one allocation per injection instead of five fields per delivery.
     pub meta: Arc<Meta>,
@@ -114,9 +114,10 @@ pub struct Delivery {
     pub expires_ms: u64,
     pub attempts: u32,
     pub next_ms: u64,
-    /// The most recent attempts (at most [`MAX_HISTORY`]).
+    /// The most recent attempts (at most [`MAX_HISTORY`]); out of line, most deliveries
+    /// never need it.
     #[serde(default)]
-    pub history: Vec<Attempt>,
+    pub history: Option<Box<Vec<Attempt>>>,
     /// Personalisation variables (`{{name}}` placeholders), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vars: Option<Box<crate::template::Vars>>,
@@ -141,6 +142,11 @@ impl Delivery {
         self.meta.verp_domain.as_deref()
     }
 
+    /// The recorded attempts, oldest first.
+    pub fn history(&self) -> &[Attempt] {
+        self.history.as_deref().map(Vec::as_slice).unwrap_or(&[])
+    }
+
     pub fn domain(&self) -> &str {
         self.recipient
             .rsplit_once('@')
@@ -150,10 +156,11 @@ impl Delivery {
 
     pub fn record_attempt(&mut self, a: Attempt) {
         self.attempts += 1;
-        if self.history.len() >= MAX_HISTORY {
-            self.history.remove(0);
+        let h = self.history.get_or_insert_with(Default::default);
+        if h.len() >= MAX_HISTORY {
+            h.remove(0);
         }
-        self.history.push(a);
+        h.push(a);
     }
 }
 
@@ -748,7 +755,7 @@ mod tests {
             expires_ms: u64::MAX,
             attempts: 0,
             next_ms: 0,
-            history: vec![],
+            history: None,
             vars: None,
         }
     }
