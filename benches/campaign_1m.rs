@@ -44,7 +44,17 @@ async fn run() {
         );
     }
     let inject = t0.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // let the event log writer catch up (its backlog is transient, not queued deliveries)
+    let log = env.dir.join("events.jsonl");
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
     let spool = env.spool_bytes().saturating_sub(spool0);
     let rss = util::rss_bytes().saturating_sub(rss0);
     // glibc keeps freed request buffers (JSON parsing) mapped; give them back to see what
