@@ -43,27 +43,23 @@ pub struct Ctx {
     pub verp: crate::verp::Verp,
 }
 
-/// Spawns a connection task for every request from the scheduler.
-pub async fn run_dispatcher(
-    ctx: Arc<Ctx>,
-    mut requests: mpsc::UnboundedReceiver<u64>,
+/// Run `work` as a task for every request until the channel closes or shutdown; returns the
+/// tasks still running.
+async fn spawn_each<T, F, Fut>(
+    mut requests: mpsc::UnboundedReceiver<T>,
     mut shutdown: watch::Receiver<bool>,
-) {
+    work: F,
+) -> JoinSet<()>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
             req = requests.recv() => match req {
-                Some(qid) => {
-                    let ctx = ctx.clone();
-                    tasks.spawn(async move {
-                        let mut established = false;
-                        if let Ok(_permit) = ctx.connections.clone().acquire_owned().await {
-                            if let Some(info) = ctx.sched.conn_info(qid) {
-                                established = serve_queue(&ctx, qid, &info).await;
-                            }
-                        }
-                        ctx.sched.connection_closed(qid, established);
-                    });
+                Some(r) => {
+                    tasks.spawn(work(r));
                 }
                 None => break,
             },
@@ -71,6 +67,29 @@ pub async fn run_dispatcher(
             _ = shutdown.changed() => break,
         }
     }
+    tasks
+}
+
+/// Spawns a connection task for every request from the scheduler.
+pub async fn run_dispatcher(
+    ctx: Arc<Ctx>,
+    requests: mpsc::UnboundedReceiver<u64>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let c = ctx.clone();
+    let mut tasks = spawn_each(requests, shutdown, move |qid| {
+        let ctx = c.clone();
+        async move {
+            let mut established = false;
+            if let Ok(_permit) = ctx.connections.clone().acquire_owned().await {
+                if let Some(info) = ctx.sched.conn_info(qid) {
+                    established = serve_queue(&ctx, qid, &info).await;
+                }
+            }
+            ctx.sched.connection_closed(qid, established);
+        }
+    })
+    .await;
     // Graceful stop: no new transaction starts; those under way finish (bounded), so no
     // delivery is lost or sent twice.
     ctx.sched.set_paused(true);
@@ -91,59 +110,53 @@ pub async fn run_dispatcher(
 /// Resolves domains for the scheduler (concurrently; answers are cached by the resolver).
 pub async fn run_resolver(
     ctx: Arc<Ctx>,
-    mut requests: mpsc::UnboundedReceiver<String>,
-    mut shutdown: watch::Receiver<bool>,
+    requests: mpsc::UnboundedReceiver<String>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut tasks = JoinSet::new();
-    loop {
-        tokio::select! {
-            req = requests.recv() => match req {
-                Some(domain) => {
-                    let ctx = ctx.clone();
-                    tasks.spawn(async move {
-                        let plan = match ctx.cfg.delivery.relay_host {
-                            // a smarthost: every domain goes to one address, no MX lookup
-                            Some(ip) => Ok(Arc::new(vec![crate::dns::MxHost {
-                                name: ip.to_string(),
-                                preference: 0,
-                                addrs: vec![ip],
-                            }])),
-                            None => ctx.dns.plan(&domain).await,
-                        };
-                        let label = match &plan {
-                            Ok(_) => "ok",
-                            Err(crate::dns::DnsFailure::NoDomain(_)) => "nxdomain",
-                            Err(crate::dns::DnsFailure::NullMx(_)) => "null_mx",
-                            Err(crate::dns::DnsFailure::NoMailHost(_)) => "no_mail_host",
-                            Err(crate::dns::DnsFailure::Temporary(..)) => "temporary",
-                        };
-                        ctx.metrics.dns.with_label_values(&[label]).inc();
-                        let failed = ctx.sched.resolved(&domain, &plan);
-                        if let Err(f) = plan {
-                            let (code, enh) = f.status();
-                            let info = AttemptInfo {
-                                code: Some(code),
-                                enhanced: Some(enh.to_string()),
-                                response: format!("{code} {enh} {f}"),
-                                ..AttemptInfo::default()
-                            };
-                            for d in failed {
-                                if f.is_permanent() {
-                                    ctx.bounced(d, info.clone(), None).await;
-                                } else {
-                                    ctx.deferred(d, info.clone(), None).await;
-                                }
-                            }
-                        }
-                    });
-                }
-                None => break,
-            },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            _ = shutdown.changed() => break,
+    let mut tasks = spawn_each(requests, shutdown, move |domain| {
+        let ctx = ctx.clone();
+        async move { resolve(&ctx, domain).await }
+    })
+    .await;
+    tasks.shutdown().await;
+}
+
+/// Resolve one domain and route (or fail) the deliveries waiting for it.
+async fn resolve(ctx: &Ctx, domain: String) {
+    let plan = match ctx.cfg.delivery.relay_host {
+        // a smarthost: every domain goes to one address, no MX lookup
+        Some(ip) => Ok(Arc::new(vec![crate::dns::MxHost {
+            name: ip.to_string(),
+            preference: 0,
+            addrs: vec![ip],
+        }])),
+        None => ctx.dns.plan(&domain).await,
+    };
+    let label = match &plan {
+        Ok(_) => "ok",
+        Err(crate::dns::DnsFailure::NoDomain(_)) => "nxdomain",
+        Err(crate::dns::DnsFailure::NullMx(_)) => "null_mx",
+        Err(crate::dns::DnsFailure::NoMailHost(_)) => "no_mail_host",
+        Err(crate::dns::DnsFailure::Temporary(..)) => "temporary",
+    };
+    ctx.metrics.dns.with_label_values(&[label]).inc();
+    let failed = ctx.sched.resolved(&domain, &plan);
+    if let Err(f) = plan {
+        let (code, enh) = f.status();
+        let info = AttemptInfo {
+            code: Some(code),
+            enhanced: Some(enh.to_string()),
+            response: format!("{code} {enh} {f}"),
+            ..AttemptInfo::default()
+        };
+        for d in failed {
+            if f.is_permanent() {
+                ctx.bounced(d, info.clone(), None).await;
+            } else {
+                ctx.deferred(d, info.clone(), None).await;
+            }
         }
     }
-    tasks.shutdown().await;
 }
 
 /// Finishes deliveries that expired while queued.
