@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::config::{line_of, parse_duration};
 use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 
@@ -452,39 +453,6 @@ fn enhanced_mask_matches(mask: &str, enhanced: Option<&str>, code: Option<u16>) 
                 && code.map(|c| (c / 100).to_string()).as_deref() == Some(mparts[0])
         }
     }
-}
-
-/// Parses "30d", "12h", "90m", "45s", "2w" (or a bare number of seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration `{s}` (expected e.g. \"30d\")"))?;
-    let mult = match unit.trim() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in `{s}` (use s, m, h, d or w)"
-            ))
-        }
-    };
-    Ok(Duration::from_secs(n.saturating_mul(mult)))
-}
-
-/// Line (1-based) of byte offset `pos`.
-fn line_of(text: &str, pos: usize) -> usize {
-    let pos = pos.min(text.len());
-    text.as_bytes()[..pos]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
 }
 
 /// Line and key path of a TOML error span.
