@@ -9,21 +9,14 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_server::proto::rr::rdata::{SOA, TXT};
-use hickory_server::proto::rr::{LowerName, RData, Record};
-use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
-use hickory_server::Server;
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
 use sluice::dkim::{DkimCfg, DkimError, Signer, MIN_RSA_BITS};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 
-use common::dns::{name, resolver_for};
+use common::dns::{resolver_for, DnsBuilder, DnsServer};
 use common::mx::{FakeMx, MxScript};
 
 fn ip(net: u8, host: u8) -> IpAddr {
@@ -114,66 +107,12 @@ fn message(from: &str, body_bytes: usize) -> Vec<u8> {
 // record is about 410 bytes; the kit's `DnsBuilder::txt` puts the value in one string, which
 // cannot be encoded beyond 255 bytes).
 
-struct TxtDns {
-    addr: SocketAddr,
-    server: Option<Server<Catalog>>,
-}
-
-impl Drop for TxtDns {
-    fn drop(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown_token().cancel();
-        }
-    }
-}
-
-fn chunks(text: &str) -> Vec<&[u8]> {
-    text.as_bytes().chunks(255).collect()
-}
-
-async fn serve_txt(bind: IpAddr, origin: &str, records: &[(String, String)]) -> TxtDns {
-    let zone_name = name(origin);
-    let soa = SOA::new(
-        name(&format!("ns.{origin}")),
-        name(&format!("hostmaster.{origin}")),
-        1,
-        3600,
-        600,
-        86400,
-        60,
-    );
-    let mut zone = InMemoryZoneHandler::<TokioRuntimeProvider>::empty(
-        zone_name.clone(),
-        ZoneType::Primary,
-        AxfrPolicy::Deny,
-    );
-    zone.upsert_mut(
-        Record::from_rdata(zone_name.clone(), 60, RData::SOA(soa)),
-        1,
-    );
+async fn serve_txt(bind: IpAddr, origin: &str, records: &[(String, String)]) -> DnsServer {
+    let mut b = DnsBuilder::with_origin(origin);
     for (owner, text) in records {
-        let rdata = RData::TXT(TXT::from_bytes(chunks(text)));
-        zone.upsert_mut(Record::from_rdata(name(owner), 300, rdata), 1);
+        b = b.txt(owner, text);
     }
-    let mut catalog = Catalog::new();
-    catalog.upsert(
-        LowerName::from(zone_name),
-        vec![Arc::new(zone) as Arc<dyn ZoneHandler>],
-    );
-    let udp = UdpSocket::bind(SocketAddr::new(bind, 0))
-        .await
-        .unwrap_or_else(|e| panic!("bind DNS UDP on {bind}: {e}"));
-    let addr = udp.local_addr().expect("udp addr");
-    let tcp = TcpListener::bind(addr)
-        .await
-        .unwrap_or_else(|e| panic!("bind DNS TCP on {addr}: {e}"));
-    let mut server = Server::new(catalog);
-    server.register_socket(udp);
-    server.register_listener(tcp, Duration::from_secs(10), 4096);
-    TxtDns {
-        addr,
-        server: Some(server),
-    }
+    b.start(bind).await
 }
 
 // ---------------------------------------------------------------------------------------

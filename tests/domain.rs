@@ -3,25 +3,16 @@
 //!
 //! Loopback nets owned here: 127.130.0.0/24 ..= 127.134.0.0/24.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::time::Duration;
 
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_server::proto::rr::rdata::{CNAME, MX, SOA, TXT};
-use hickory_server::proto::rr::{LowerName, RData, Record as DnsRecord};
-use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
-use hickory_server::Server;
 use sluice::dkim::{DkimCfg, Signer};
 use sluice::domain::{
     check, dkim_for, feedback_name, normalize_domain, records, render_table, render_zone, Check,
     DomainError, DomainSetup, Record,
 };
-use sluice::testkit::dns::{name, resolver_for, DnsBuilder};
-use tokio::net::{TcpListener, UdpSocket};
+use sluice::testkit::dns::{resolver_for, DnsBuilder, DnsServer};
 
 fn ip(net: u8, host: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, net, 0, host))
@@ -360,21 +351,7 @@ async fn dkim_with_another_key_is_wrong() {
     assert_eq!(row(&checks, "TXT", DKIM_NAME).status, "ok");
 }
 
-// ---------------------------------------------------------------------------------------------
-// A zone with CNAMEs and multi-string TXT records (the kit's DnsBuilder has neither).
-
-struct Zone {
-    addr: SocketAddr,
-    server: Option<Server<Catalog>>,
-}
-
-impl Drop for Zone {
-    fn drop(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown_token().cancel();
-        }
-    }
-}
+// Zones with CNAMEs and multi-string TXT records, from the kit's DnsBuilder.
 
 enum Rr<'a> {
     Cname(&'a str, &'a str),
@@ -382,56 +359,16 @@ enum Rr<'a> {
     Txt(&'a str, &'a str),
 }
 
-async fn serve(bind: IpAddr, rrs: &[Rr<'_>]) -> Zone {
-    let origin = name("test");
-    let soa = SOA::new(
-        name("ns.test"),
-        name("hostmaster.test"),
-        1,
-        3600,
-        600,
-        86400,
-        60,
-    );
-    let mut zone = InMemoryZoneHandler::<TokioRuntimeProvider>::empty(
-        origin.clone(),
-        ZoneType::Primary,
-        AxfrPolicy::Deny,
-    );
-    zone.upsert_mut(
-        DnsRecord::from_rdata(origin.clone(), 60, RData::SOA(soa)),
-        1,
-    );
+async fn serve(bind: IpAddr, rrs: &[Rr<'_>]) -> DnsServer {
+    let mut b = DnsBuilder::new();
     for rr in rrs {
-        let (owner, rdata) = match rr {
-            Rr::Cname(o, t) => (o, RData::CNAME(CNAME(name(t)))),
-            Rr::Mx(o, p, h) => (o, RData::MX(MX::new(*p, name(h)))),
-            Rr::Txt(o, text) => {
-                let chunks = text.as_bytes().chunks(255).collect();
-                (o, RData::TXT(TXT::from_bytes(chunks)))
-            }
+        b = match rr {
+            Rr::Cname(o, t) => b.cname(o, t),
+            Rr::Mx(o, p, h) => b.mx(o, *p, h),
+            Rr::Txt(o, text) => b.txt(o, text),
         };
-        zone.upsert_mut(DnsRecord::from_rdata(name(owner), 300, rdata), 1);
     }
-    let mut catalog = Catalog::new();
-    catalog.upsert(
-        LowerName::from(origin),
-        vec![Arc::new(zone) as Arc<dyn ZoneHandler>],
-    );
-    let udp = UdpSocket::bind(SocketAddr::new(bind, 0))
-        .await
-        .unwrap_or_else(|e| panic!("bind DNS UDP on {bind}: {e}"));
-    let addr = udp.local_addr().expect("udp addr");
-    let tcp = TcpListener::bind(addr)
-        .await
-        .unwrap_or_else(|e| panic!("bind DNS TCP on {addr}: {e}"));
-    let mut server = Server::new(catalog);
-    server.register_socket(udp);
-    server.register_listener(tcp, Duration::from_secs(10), 4096);
-    Zone {
-        addr,
-        server: Some(server),
-    }
+    b.start(bind).await
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, MX, SOA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
@@ -144,8 +144,16 @@ impl DnsBuilder {
         self.push(host, Ok(RData::AAAA(AAAA(ip))))
     }
 
+    /// A TXT record; values over 255 bytes are split into several character-strings
+    /// (as DKIM keys need), which resolvers join again.
     pub fn txt(self, name: &str, text: &str) -> Self {
-        self.push(name, Ok(RData::TXT(TXT::new(vec![text.to_string()]))))
+        let chunks = text.as_bytes().chunks(255).collect();
+        self.push(name, Ok(RData::TXT(TXT::from_bytes(chunks))))
+    }
+
+    pub fn cname(self, alias: &str, target: &str) -> Self {
+        let rdata = try_name(target).map(|t| RData::CNAME(CNAME(t)));
+        self.push(alias, rdata)
     }
 
     /// Serve the zone on UDP and TCP, same (ephemeral) port, on `bind_ip`.
