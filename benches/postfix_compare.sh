@@ -26,7 +26,7 @@ if ! command -v postfix >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
 fi
 cargo build --release --quiet
-BIN=target/release/sluice
+BIN=${CARGO_TARGET_DIR:-target}/release/sluice
 
 count() { # messages the sink has seen so far (its last printed line)
   tail -n 1 "$WORK/sink.out" 2>/dev/null | awk '{print $2}'
@@ -47,16 +47,17 @@ postfix stop >/dev/null 2>&1 || true
 newaliases 2>/dev/null || true
 postconf -e "compatibility_level = 3.6" "alias_maps = hash:/etc/aliases" "alias_database = hash:/etc/aliases"
 postconf -e "myhostname = bench.postfix.test" "mydestination =" "relay_domains =" \
-  "mynetworks = 127.0.0.0/8" "inet_interfaces = 127.250.0.1" "inet_protocols = ipv4" \
+  "mynetworks = 127.0.0.0/8" "inet_interfaces = loopback-only" "inet_protocols = ipv4" \
   "default_transport = smtp:[$SINK]:2525" "relay_transport = smtp:[$SINK]:2525" \
   "smtp_tls_security_level = none" "smtpd_tls_security_level = none" \
   "default_destination_concurrency_limit = $PARALLEL" "default_process_limit = 200" \
-  "smtpd_recipient_restrictions = permit_mynetworks, reject" "maillog_file = /dev/null" \
+  "smtpd_recipient_restrictions = permit_mynetworks, reject" "maillog_file = /var/log/postfix-bench.log" \
   "disable_dns_lookups = yes" "smtp_host_lookup = native"
 postconf -M "smtp/inet=127.250.0.1:2500 inet n - n - - smtpd"
 postconf -M "smtp/unix=smtp unix - - n - $PARALLEL smtp"
 if ! postfix start >/dev/null 2>&1 && ! postfix status >/dev/null 2>&1; then
-  echo "postfix did not start (see its log); run with SKIP_POSTFIX=1 for sluice alone" >&2
+  echo "postfix did not start (/var/log/postfix-bench.log; without syslog, \`postfix check\` exits 1 silently:"\
+       "inet_interfaces must name addresses configured on an interface); SKIP_POSTFIX=1 runs sluice alone" >&2
   exit 1
 fi
 sleep 1
