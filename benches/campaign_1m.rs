@@ -30,6 +30,7 @@ async fn run() {
     let content = util::body(5120);
     let spool0 = env.spool_bytes();
     let rss0 = util::rss_bytes();
+    let heap0 = util::heap_in_use();
     let t0 = Instant::now();
     for r in 0..requests {
         let rcpts: Vec<String> = (r * per..(r + 1) * per)
@@ -62,6 +63,7 @@ async fn run() {
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
     let rss_trimmed = util::rss_bytes().saturating_sub(rss0);
+    let heap = util::heap_in_use().saturating_sub(heap0);
     let bodies = requests as u64 * content.len() as u64;
     let t1 = Instant::now();
     assert_eq!(util::post(addr, "/api/v1/resume", b"").await, 200);
@@ -78,6 +80,7 @@ async fn run() {
             "spool_bytes_per_recipient": ((spool.saturating_sub(bodies)) as f64 / n as f64).round(),
             "rss_bytes_per_queued_recipient": (rss as f64 / n as f64).round(),
             "rss_bytes_per_queued_recipient_after_trim": (rss_trimmed as f64 / n as f64).round(),
+            "heap_bytes_per_queued_recipient": (heap as f64 / n as f64).round(),
             "drain_per_second": (env.delivered() as f64 / drain).round(),
             "peak_rss_mb": util::peak_rss_bytes() / 1_048_576,
         })

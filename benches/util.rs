@@ -30,6 +30,15 @@ pub fn cpu_seconds() -> f64 {
 }
 
 /// Current resident set size in bytes.
+/// Bytes the allocator has handed out and not had back (glibc's `mallinfo2`), whatever RSS
+/// the allocator keeps beyond them.
+#[allow(dead_code)]
+pub fn heap_in_use() -> u64 {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let m = unsafe { libc::mallinfo2() };
+    (m.uordblks + m.hblkhd) as u64
+}
+
 pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

@@ -621,3 +621,58 @@ async fn engine_feeds_webhook_and_csv() {
         "{recs:?}"
     );
 }
+
+/// A big injection's `accepted` events go to the log writer as one batch when nobody
+/// listens live; the lines are exactly those of one event per delivery, in order, and an
+/// event emitted after the batch follows it.
+#[tokio::test]
+async fn accepted_batch_writes_the_same_lines_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("events.jsonl");
+    let (events, task) = Events::start(&path).expect("events");
+    let verp = sluice::verp::Verp::new("fb.a.test", "b", "secret-0123456789");
+    let meta = Arc::new(sluice::spool::Meta {
+        campaign: Some("c1".into()),
+        tenant: Some("t1".into()),
+        ..Default::default()
+    });
+    let ds: Vec<sluice::spool::Delivery> = (1..=3u64)
+        .map(|id| sluice::spool::Delivery {
+            id,
+            body_id: 9,
+            recipient: format!("r{id}@a.test").into(),
+            recipient_id: (id == 2).then(|| "crm-2".into()),
+            meta: meta.clone(),
+            created_ms: 0,
+            expires_ms: u64::MAX,
+            attempts: 0,
+            next_ms: 0,
+            history: None,
+            vars: None,
+        })
+        .collect();
+    events.emit_accepted(&ds, &verp, 1_767_323_045_000);
+    events.emit(event("after", 4));
+    events.close().await;
+    task.await.expect("writer");
+    let text = std::fs::read_to_string(&path).expect("log");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    for (i, d) in ds.iter().enumerate() {
+        let want = serde_json::to_value(sluice::delivery::outcome::base_event(
+            "accepted",
+            d,
+            verp.envelope_of(d),
+            1_767_323_045_000,
+        ))
+        .expect("value");
+        assert_eq!(lines[i], want);
+        assert_eq!(lines[i]["campaign"], "c1");
+        assert_eq!(lines[i]["recipient"], format!("r{}@a.test", i + 1));
+    }
+    assert_eq!(lines[1]["recipient_id"], "crm-2");
+    assert_eq!(lines[3]["event"], "after");
+}

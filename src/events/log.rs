@@ -6,7 +6,6 @@ use crate::config::EventsCfg;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use tokio::sync::mpsc;
 
 const BUF: usize = 1 << 16;
@@ -112,6 +111,11 @@ impl LogWriter {
             while let Some(msg) = next.take() {
                 match msg {
                     LogMsg::Event(e) => self.write_one(&e),
+                    LogMsg::Accepted(batch) => {
+                        for e in batch.events() {
+                            self.write_one(&e);
+                        }
+                    }
                     LogMsg::Reopen => self.reopen(),
                     LogMsg::Close(ack) => {
                         self.flush();
@@ -133,8 +137,8 @@ impl LogWriter {
         }
     }
 
-    fn write_one(&mut self, e: &Arc<Event>) {
-        match serde_json::to_vec(&**e) {
+    fn write_one(&mut self, e: &Event) {
+        match serde_json::to_vec(e) {
             Ok(mut line) => {
                 line.push(b'\n');
                 self.log.write(&line);

@@ -73,7 +73,9 @@ mod webhook;
 pub use csv::{csv_record, CSV_HEADER};
 
 use crate::config::EventsCfg;
-use crate::spool::Spool;
+use crate::delivery::outcome::base_event;
+use crate::spool::{Delivery, Spool};
+use crate::verp::Verp;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -133,8 +135,26 @@ pub enum EventsError {
 /// Message to the log writer thread.
 pub(crate) enum LogMsg {
     Event(Arc<Event>),
+    /// The `accepted` events of one injection, built one at a time by the writer.
+    Accepted(Box<Accepted>),
     Reopen,
     Close(oneshot::Sender<()>),
+}
+
+/// What [`Events::emit_accepted`] hands to the log writer.
+pub(crate) struct Accepted {
+    ts_ms: u64,
+    deliveries: Vec<Delivery>,
+    verp: Verp,
+}
+
+impl Accepted {
+    /// The events, one at a time.
+    pub(crate) fn events(&self) -> impl Iterator<Item = Event> + '_ {
+        self.deliveries
+            .iter()
+            .map(|d| base_event("accepted", d, self.verp.envelope_of(d), self.ts_ms))
+    }
 }
 
 /// Message to the webhook outbox task.
@@ -200,6 +220,24 @@ impl Events {
             let _ = h.send(HookMsg::Event(e.clone()));
         }
         let _ = self.tx.send(LogMsg::Event(e));
+    }
+
+    /// The `accepted` events of one injection. Without a live subscriber or a webhook they
+    /// travel to the log writer as one message holding copies of the deliveries and are
+    /// built there one at a time: a 100,000-recipient request no longer parks 100,000 full
+    /// events (eight allocations each) in the writer's channel. Same lines, same order.
+    pub fn emit_accepted(&self, deliveries: &[Delivery], verp: &Verp, ts_ms: u64) {
+        if self.hook.is_some() || self.bcast.receiver_count() > 0 {
+            for d in deliveries {
+                self.emit(base_event("accepted", d, verp.envelope_of(d), ts_ms));
+            }
+            return;
+        }
+        let _ = self.tx.send(LogMsg::Accepted(Box::new(Accepted {
+            ts_ms,
+            deliveries: deliveries.to_vec(),
+            verp: verp.clone(),
+        })));
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {

@@ -9,7 +9,6 @@ pub mod smtp;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::delivery::outcome::base_event;
 use crate::events::Events;
 use crate::queue::Scheduler;
 use crate::spool::{Delivery, Priority, Spool, SpoolError};
@@ -278,10 +277,7 @@ impl Intake {
                 envelope_from: self.verp.envelope_of(d),
             })
             .collect();
-        for d in &deliveries {
-            self.events
-                .emit(base_event("accepted", d, self.verp.envelope_of(d), now));
-        }
+        self.events.emit_accepted(&deliveries, &self.verp, now);
         self.campaigns.on_accepted(
             campaign.as_deref(),
             tenant.as_deref(),
