@@ -56,6 +56,14 @@ async fn run() {
         }
         last = now;
     }
+    // and every delivery sit in its queue (DNS answered: none waits in the resolver's list)
+    loop {
+        let t = env.engine.scheduler().totals();
+        if t.resolving == 0 && t.ready >= n as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let spool = env.spool_bytes().saturating_sub(spool0);
     let rss = util::rss_bytes().saturating_sub(rss0);
     // glibc keeps freed request buffers (JSON parsing) mapped; give them back to see what

@@ -80,7 +80,7 @@ pub struct BackoffState {
 /// One path: (source, destination group) under one rule.
 #[derive(Debug)]
 pub struct PathState {
-    pub id: String,
+    pub id: std::sync::Arc<str>,
     pub rule: String,
     pub source: Option<String>,
     pub group: String,
@@ -96,11 +96,20 @@ pub struct PathState {
     this_minute: u64,
     last_minute: u64,
     pub attempts: u64,
-    pub queues: Vec<u64>,
+    /// The path's queues.
+    pub queues: std::collections::HashSet<u64>,
+    /// Queues refused a connection by the path's limits, in the order they asked: a freed
+    /// connection goes to the first of them (no walk over every queue of the path).
+    pub waiting: std::collections::VecDeque<u64>,
 }
 
 impl PathState {
-    pub fn new(id: String, rule: &Rule, source: Option<String>, group: String) -> PathState {
+    pub fn new(
+        id: std::sync::Arc<str>,
+        rule: &Rule,
+        source: Option<String>,
+        group: String,
+    ) -> PathState {
         PathState {
             id,
             rule: rule.name.clone(),
@@ -121,7 +130,8 @@ impl PathState {
             this_minute: 0,
             last_minute: 0,
             attempts: 0,
-            queues: Vec::new(),
+            queues: Default::default(),
+            waiting: Default::default(),
         }
     }
 

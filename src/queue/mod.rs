@@ -44,9 +44,9 @@ pub struct Source {
 }
 
 struct Queue {
-    path: String,
+    path: Arc<str>,
     source: usize,
-    site: String,
+    site: Arc<str>,
     targets: Arc<Vec<MxHost>>,
     transactional: VecDeque<Delivery>,
     bulk: VecDeque<Delivery>,
@@ -54,11 +54,20 @@ struct Queue {
     in_flight: u32,
     throttled_until: Option<u64>,
     notify: Arc<Notify>,
+    /// Connections told "nothing queued" (an upper bound: one that timed out is not
+    /// taken off); a push wakes one of them, and touches `notify` only then.
+    idle: u32,
+    /// In its path's `waiting` list.
+    waiting: bool,
 }
 
 impl Queue {
     fn ready(&self) -> usize {
         self.transactional.len() + self.bulk.len()
+    }
+    /// More deliveries ready than connections to carry them.
+    fn wants_more(&self) -> bool {
+        self.ready() > self.connections as usize
     }
     fn idle(&self) -> bool {
         self.ready() == 0 && self.connections == 0 && self.in_flight == 0
@@ -83,7 +92,7 @@ impl Queue {
 
 enum Wake {
     Queue(u64),
-    Path(String),
+    Path(Arc<str>),
     /// A campaign's rate cap allows its parked deliveries again.
     Unpark(String),
 }
@@ -93,16 +102,16 @@ struct Inner {
     wakeups: BTreeMap<(u64, u64), Wake>,
     wake_seq: u64,
     queues: HashMap<u64, Queue>,
-    queue_index: HashMap<(String, usize, String), u64>,
+    queue_index: HashMap<(Arc<str>, usize, Arc<str>), u64>,
     next_queue: u64,
-    paths: HashMap<String, PathState>,
+    paths: HashMap<Arc<str>, PathState>,
     routes: HashMap<String, Route>,
     pending: HashMap<String, Vec<Delivery>>,
     pending_count: u64,
     /// Deliveries of paused (or rate-capped) campaigns, by campaign.
     parked: HashMap<String, Vec<Delivery>>,
     parked_count: u64,
-    unreachable: HashMap<(usize, String), u64>,
+    unreachable: HashMap<(usize, Arc<str>), u64>,
     pools: HashMap<String, Pool>,
     sources: Vec<Source>,
     rules: Arc<RuleSet>,
@@ -125,6 +134,16 @@ pub struct Setup {
     pub level: Level,
     pub source_levels: HashMap<String, Level>,
     pub warmup_limits: warmup::Limits,
+}
+
+/// What a connection request came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Connect {
+    Opened,
+    /// The path's connection limits (or gradual start) refuse: wait for a freed connection.
+    AtLimit,
+    /// Not needed, paused, or throttled (a wake-up is scheduled).
+    NotNow,
 }
 
 /// What a connection does next.
@@ -316,31 +335,63 @@ impl Scheduler {
     }
 
     fn rule_of(g: &Inner, name: &str) -> Rule {
-        match g.rules.rule(name) {
-            Some(r) => r.clone(),
-            None => g.rules.rules[g.rules.rules.len() - 1].clone(),
+        Self::rule_in(&g.rules, name).clone()
+    }
+
+    /// A rule by name (the catch-all, last, when it is gone), borrowed from a rule set the
+    /// caller holds (an `Arc` clone: no copy of the rule on the hot path).
+    fn rule_in<'a>(rules: &'a RuleSet, name: &str) -> &'a Rule {
+        match rules.rule(name) {
+            Some(r) => r,
+            None => &rules.rules[rules.rules.len() - 1],
         }
     }
 
     /// Ask for a connection if the queue has more work than connections and the path allows.
+    /// A queue the path's limits refuse waits in the path's `waiting` list.
     fn maybe_connect(&self, g: &mut Inner, qid: u64, now: u64) {
-        if g.paused {
-            return;
+        match self.try_connect(g, qid, now) {
+            Connect::AtLimit => Self::wait_for_connection(g, qid),
+            Connect::Opened if g.queues.get(&qid).is_some_and(Queue::wants_more) => {
+                Self::wait_for_connection(g, qid)
+            }
+            _ => {}
         }
-        let Some(q) = g.queues.get(&qid) else { return };
-        if q.ready() <= q.connections as usize || q.throttled_until.is_some_and(|t| t > now) {
-            return;
+    }
+
+    /// Put a queue at the end of its path's `waiting` list (once).
+    fn wait_for_connection(g: &mut Inner, qid: u64) {
+        if let Some(q) = g.queues.get_mut(&qid) {
+            if !q.waiting {
+                q.waiting = true;
+                if let Some(p) = g.paths.get_mut(&q.path) {
+                    p.waiting.push_back(qid);
+                }
+            }
+        }
+    }
+
+    fn try_connect(&self, g: &mut Inner, qid: u64, now: u64) -> Connect {
+        if g.paused {
+            return Connect::NotNow;
+        }
+        let Some(q) = g.queues.get(&qid) else {
+            return Connect::NotNow;
+        };
+        if !q.wants_more() || q.throttled_until.is_some_and(|t| t > now) {
+            return Connect::NotNow;
         }
         let path_id = q.path.clone();
         let Some(path) = g.paths.get(&path_id) else {
-            return;
+            return Connect::NotNow;
         };
-        let rule = Self::rule_of(g, &path.rule);
+        let rules = g.rules.clone();
+        let rule = Self::rule_in(&rules, &path.rule);
         let level = Self::level_of(g, path);
         let Some(path) = g.paths.get_mut(&path_id) else {
-            return;
+            return Connect::NotNow;
         };
-        match path.may_open(&rule, level, now) {
+        match path.may_open(rule, level, now) {
             Ok(true) => {
                 path.connections += 1;
                 path.opening += 1;
@@ -348,8 +399,9 @@ impl Scheduler {
                     q.connections += 1;
                 }
                 let _ = self.conn_tx.send(qid);
+                Connect::Opened
             }
-            Ok(false) => {}
+            Ok(false) => Connect::AtLimit,
             Err(wait) => {
                 self.metrics
                     .throttled
@@ -359,18 +411,36 @@ impl Scheduler {
                     q.throttled_until = Some(now + wait);
                 }
                 self.schedule(g, now + wait, Wake::Queue(qid));
+                Connect::NotNow
             }
         }
     }
 
+    /// The path may allow another connection: offer it to the queues waiting for one, in
+    /// order, until the path refuses again.
     fn poke_path(&self, g: &mut Inner, path_id: &str, now: u64) {
-        let qids = g
-            .paths
-            .get(path_id)
-            .map(|p| p.queues.clone())
-            .unwrap_or_default();
-        for qid in qids {
-            self.maybe_connect(g, qid, now);
+        loop {
+            let Some(qid) = g.paths.get_mut(path_id).and_then(|p| p.waiting.pop_front()) else {
+                return;
+            };
+            match g.queues.get_mut(&qid) {
+                Some(q) => q.waiting = false,
+                None => continue,
+            }
+            match self.try_connect(g, qid, now) {
+                Connect::AtLimit => {
+                    if let (Some(q), Some(p)) = (g.queues.get_mut(&qid), g.paths.get_mut(path_id)) {
+                        q.waiting = true;
+                        p.waiting.push_front(qid);
+                    }
+                    return;
+                }
+                // still deeper than its connections: back in line behind the others
+                Connect::Opened if g.queues.get(&qid).is_some_and(Queue::wants_more) => {
+                    Self::wait_for_connection(g, qid)
+                }
+                _ => {}
+            }
         }
     }
 
@@ -381,7 +451,7 @@ impl Scheduler {
         let src = g.sources.get(q.source)?;
         let rule = Self::rule_of(&g, &path.rule);
         Some(ConnInfo {
-            path: q.path.clone(),
+            path: q.path.to_string(),
             rule: rule.clone(),
             source: src.name.clone(),
             source_ip: src.ip,
@@ -406,7 +476,8 @@ impl Scheduler {
         let Some(path) = g.paths.get(&path_id) else {
             return Next::Stop;
         };
-        let rule = Self::rule_of(&g, &path.rule);
+        let rules = g.rules.clone();
+        let rule = Self::rule_in(&rules, &path.rule);
         let level = Self::level_of(&g, path);
         if path.suspended()
             || sent >= rule.messages_per_connection
@@ -419,6 +490,7 @@ impl Scheduler {
                 return Next::Stop;
             };
             let Some(d) = q.pop() else {
+                q.idle += 1;
                 return Next::Empty;
             };
             if d.expires_ms <= now {
@@ -448,7 +520,7 @@ impl Scheduler {
             let Some(path) = g.paths.get_mut(&path_id) else {
                 return Next::Stop;
             };
-            match path.take_message(&rule, level, now) {
+            match path.take_message(rule, level, now) {
                 Ok(()) => {
                     if let Some(q) = g.queues.get_mut(&qid) {
                         q.in_flight += 1;
@@ -544,7 +616,7 @@ impl Scheduler {
                 g.queue_index
                     .remove(&(q.path.clone(), q.source, q.site.clone()));
                 if let Some(p) = g.paths.get_mut(&q.path) {
-                    p.queues.retain(|x| *x != qid);
+                    p.queues.remove(&qid);
                 }
             }
         }
@@ -571,6 +643,9 @@ impl Scheduler {
             return;
         };
         q.connections = q.connections.saturating_sub(1);
+        if q.connections == 0 {
+            q.idle = 0;
+        }
         let path = q.path.clone();
         if let Some(p) = g.paths.get_mut(&path) {
             p.connections = p.connections.saturating_sub(1);
@@ -749,6 +824,9 @@ impl Scheduler {
             };
             let mut expired = Vec::new();
             for lane in [&mut q.transactional, &mut q.bulk] {
+                if !lane.iter().any(|d| d.expires_ms <= now) {
+                    continue;
+                }
                 let mut keep = VecDeque::with_capacity(lane.len());
                 for d in lane.drain(..) {
                     if d.expires_ms <= now {

@@ -18,8 +18,44 @@ pub(super) struct Route {
     pub targets: Arc<Vec<MxHost>>,
     pub until_ms: u64,
     /// The queue this domain's deliveries go to, per source (a shortcut: checked against
-    /// the live queues on use, rebuilt when missing).
-    pub queues: Vec<(usize, u64)>,
+    /// the live queues on use, rebuilt when missing). The first source's sits inline.
+    pub first: Option<(usize, u64)>,
+    pub more: Vec<(usize, u64)>,
+}
+
+impl Route {
+    pub fn new(rule: usize, site: Arc<str>, targets: Arc<Vec<MxHost>>, until_ms: u64) -> Route {
+        Route {
+            rule,
+            site,
+            targets,
+            until_ms,
+            first: None,
+            more: Vec::new(),
+        }
+    }
+
+    fn queue_of(&self, source: usize) -> Option<u64> {
+        match self.first {
+            Some((s, q)) if s == source => Some(q),
+            _ => self
+                .more
+                .iter()
+                .find(|(s, _)| *s == source)
+                .map(|(_, q)| *q),
+        }
+    }
+
+    fn remember(&mut self, source: usize, qid: u64) {
+        match &mut self.first {
+            Some((s, q)) if *s == source => *q = qid,
+            None => self.first = Some((source, qid)),
+            Some(_) => {
+                self.more.retain(|(s, _)| *s != source);
+                self.more.push((source, qid));
+            }
+        }
+    }
 }
 
 /// Smooth weighted round robin over a pool's sources (nginx's algorithm): over any window
@@ -91,44 +127,48 @@ fn short_id(key: &str) -> String {
 
 impl Scheduler {
     /// Route a due delivery: to its queue if its domain is resolved, else wait for DNS.
+    /// A resolved domain remembers its queue per source, so the usual case is one lookup
+    /// of the domain and one of the queue.
     pub(super) fn route(&self, g: &mut Inner, d: Delivery, now: u64) {
         let hit = g
             .routes
             .get(d.domain())
             .filter(|r| r.until_ms > now)
-            .map(|r| (r.rule, r.site.clone(), r.targets.clone()));
-        match hit {
-            Some((rule, site, targets)) => {
-                let source = self.pick_source(g, &d, &site, None);
-                let cached = g
+            .map(|r| r.rule);
+        let Some(rule) = hit else {
+            let domain = d.domain().to_string();
+            let list = g.pending.entry(domain.clone()).or_default();
+            list.push(d);
+            g.pending_count += 1;
+            if list.len() == 1 {
+                let _ = self.resolve_tx.send(domain);
+            }
+            return;
+        };
+        let source = self.pick_source(g, &d, None, None);
+        let cached = g
+            .routes
+            .get(d.domain())
+            .and_then(|r| r.queue_of(source))
+            .filter(|q| g.queues.contains_key(q));
+        let qid = match cached {
+            Some(q) => q,
+            None => {
+                let Some((site, targets)) = g
                     .routes
                     .get(d.domain())
-                    .and_then(|r| r.queues.iter().find(|(s, _)| *s == source))
-                    .map(|(_, q)| *q)
-                    .filter(|q| g.queues.contains_key(q));
-                let qid = match cached {
-                    Some(q) => q,
-                    None => {
-                        let q = self.queue_for(g, &d, rule, &site, targets, source);
-                        if let Some(r) = g.routes.get_mut(d.domain()) {
-                            r.queues.retain(|(s, _)| *s != source);
-                            r.queues.push((source, q));
-                        }
-                        q
-                    }
+                    .map(|r| (r.site.clone(), r.targets.clone()))
+                else {
+                    return;
                 };
-                self.push(g, qid, d, now);
-            }
-            None => {
-                let domain = d.domain().to_string();
-                let list = g.pending.entry(domain.clone()).or_default();
-                list.push(d);
-                g.pending_count += 1;
-                if list.len() == 1 {
-                    let _ = self.resolve_tx.send(domain);
+                let q = self.queue_for(g, &d, rule, &site, targets, source);
+                if let Some(r) = g.routes.get_mut(d.domain()) {
+                    r.remember(source, q);
                 }
+                q
             }
-        }
+        };
+        self.push(g, qid, d, now);
     }
 
     /// Put a delivery on its queue (choosing its source), maybe opening a connection.
@@ -143,23 +183,39 @@ impl Scheduler {
         now: u64,
         avoid: Option<usize>,
     ) {
-        let source = self.pick_source(g, &d, site, avoid);
+        let source = self.pick_source(g, &d, Some(site), avoid);
         let qid = self.queue_for(g, &d, rule_idx, site, targets, source);
         self.push(g, qid, d, now);
     }
 
     /// The pool's next source for this delivery (skipping sources that cannot reach `site`).
-    fn pick_source(&self, g: &mut Inner, d: &Delivery, site: &str, avoid: Option<usize>) -> usize {
+    /// `site` is looked up from the domain's route when not given and needed (only when
+    /// some source is marked unreachable).
+    fn pick_source(
+        &self,
+        g: &mut Inner,
+        d: &Delivery,
+        site: Option<&str>,
+        avoid: Option<usize>,
+    ) -> usize {
         let now = self.clock.now_ms();
         let capped = self.warm_capped(g);
+        // the key for the unreachable marks, built only when there are some
+        let site_key: Option<Arc<str>> = if g.unreachable.is_empty() {
+            None
+        } else {
+            match site {
+                Some(s) => Some(Arc::from(s)),
+                None => g.routes.get(d.domain()).map(|r| r.site.clone()),
+            }
+        };
         let unreachable = &g.unreachable;
         let usable = |s: usize| {
             Some(s) != avoid
                 && !capped.get(s).copied().unwrap_or(false)
-                && (unreachable.is_empty()
-                    || unreachable
-                        .get(&(s, site.to_string()))
-                        .is_none_or(|u| *u <= now))
+                && site_key
+                    .as_ref()
+                    .is_none_or(|k| unreachable.get(&(s, k.clone())).is_none_or(|u| *u <= now))
         };
         let pool_name = d.pool().unwrap_or("default");
         let pool = match g.pools.get_mut(pool_name) {
@@ -209,14 +265,18 @@ impl Scheduler {
             path_src.as_deref().unwrap_or("*"),
             group
         );
-        let path_id = short_id(&path_key);
-        if !g.paths.contains_key(&path_id) {
-            g.paths.insert(
-                path_id.clone(),
-                PathState::new(path_id.clone(), rule, path_src, group),
-            );
-        }
-        let key = (path_id.clone(), source, site.to_string());
+        let id = short_id(&path_key);
+        let path_id: Arc<str> = match g.paths.get(id.as_str()) {
+            Some(p) => p.id.clone(),
+            None => {
+                let a: Arc<str> = Arc::from(id);
+                g.paths
+                    .insert(a.clone(), PathState::new(a.clone(), rule, path_src, group));
+                a
+            }
+        };
+        let site: Arc<str> = Arc::from(site);
+        let key = (path_id.clone(), source, site.clone());
         if let Some(q) = g.queue_index.get(&key) {
             return *q;
         }
@@ -227,7 +287,7 @@ impl Scheduler {
             Queue {
                 path: path_id.clone(),
                 source,
-                site: site.to_string(),
+                site,
                 targets,
                 transactional: VecDeque::new(),
                 bulk: VecDeque::new(),
@@ -235,11 +295,13 @@ impl Scheduler {
                 in_flight: 0,
                 throttled_until: None,
                 notify: Arc::new(Notify::new()),
+                idle: 0,
+                waiting: false,
             },
         );
         g.queue_index.insert(key, qid);
         if let Some(p) = g.paths.get_mut(&path_id) {
-            p.queues.push(qid);
+            p.queues.insert(qid);
         }
         qid
     }
@@ -247,7 +309,10 @@ impl Scheduler {
     fn push(&self, g: &mut Inner, qid: u64, d: Delivery, now: u64) {
         if let Some(q) = g.queues.get_mut(&qid) {
             q.push(d, false);
-            q.notify.notify_one();
+            if q.idle > 0 {
+                q.idle -= 1;
+                q.notify.notify_one();
+            }
         }
         g.ready += 1;
         self.maybe_connect(g, qid, now);
@@ -273,13 +338,12 @@ impl Scheduler {
                 let site = names.join(",");
                 g.routes.insert(
                     domain.to_string(),
-                    Route {
+                    Route::new(
                         rule,
-                        site: Arc::from(site.as_str()),
-                        targets: targets.clone(),
-                        until_ms: now + super::ROUTE_TTL_MS,
-                        queues: Vec::new(),
-                    },
+                        Arc::from(site.as_str()),
+                        targets.clone(),
+                        now + super::ROUTE_TTL_MS,
+                    ),
                 );
                 for d in waiting {
                     self.place(&mut g, d, rule, &site, targets.clone(), now, None);
@@ -386,7 +450,7 @@ impl Scheduler {
         let Some(path_id) = g.queues.get(&qid).map(|q| q.path.clone()) else {
             return;
         };
-        let ids: Vec<String> = match scope {
+        let ids: Vec<Arc<str>> = match scope {
             Scope::Rule => {
                 let rule = g
                     .paths

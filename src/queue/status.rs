@@ -81,7 +81,7 @@ impl Scheduler {
                         (a + q.ready() as u64, b + q.in_flight as u64)
                     });
                 PathStatus {
-                    id: p.id.clone(),
+                    id: p.id.to_string(),
                     rule: p.rule.clone(),
                     source: p.source.clone(),
                     destination: p.group.clone(),
