@@ -481,7 +481,7 @@ impl Scheduler {
         let level = Self::level_of(&g, path);
         if path.suspended()
             || sent >= rule.messages_per_connection
-            || path.connections > path.max_connections(&rule, level)
+            || path.connections > path.max_connections(rule, level)
         {
             return Next::Stop;
         }
