@@ -17,14 +17,12 @@ fn delivery(id: u64, domain: usize) -> Delivery {
         id,
         body_id: 1,
         recipient: format!("u{id}@d{domain}.test").into(),
-        recipient_id: None,
         meta: Default::default(),
         created_ms: 0,
         expires_ms: u64::MAX,
         attempts: 0,
         next_ms: 0,
-        history: None,
-        vars: None,
+        extra: None,
     }
 }
 

@@ -239,7 +239,7 @@ async fn message(State(st): St, Path(id): Path<String>) -> Response {
         "id": id_str(d.id),
         "state": state,
         "recipient": d.recipient,
-        "recipient_id": d.recipient_id,
+        "recipient_id": d.recipient_id(),
         "campaign": d.campaign(),
         "tenant": d.tenant(),
         "envelope_from": st.intake.verp.envelope_of(&d),

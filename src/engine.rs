@@ -278,6 +278,7 @@ impl Engine {
             renderer,
             verp: cfg.verp(),
         });
+        let reclaim = crate::memory::Reclaim::new();
         let intake = Arc::new(Intake {
             cfg: cfg.clone(),
             spool: spool.clone(),
@@ -288,10 +289,12 @@ impl Engine {
             metrics: metrics.clone(),
             quarantine: quarantine.clone(),
             campaigns: campaigns.clone(),
+            reclaim: reclaim.clone(),
         });
 
         let mut tasks = vec![
             tokio::spawn(sched.clone().run_timer(shutdown_rx.clone())),
+            tokio::spawn(reclaim.run(shutdown_rx.clone())),
             tokio::spawn(delivery::run_dispatcher(
                 ctx.clone(),
                 feeds.connect,

@@ -20,6 +20,7 @@ pub mod events;
 pub mod feedback;
 pub mod intake;
 pub mod loadgen;
+pub mod memory;
 pub mod metrics;
 pub mod public;
 pub mod quarantine;

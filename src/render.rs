@@ -103,7 +103,7 @@ impl Renderer {
         let content = if personal {
             let t = Template::parse(body)?;
             let empty = Vars::new();
-            let vars = d.vars.as_deref().unwrap_or(&empty);
+            let vars = d.vars().unwrap_or(&empty);
             t.check(vars)?;
             t.render(body, vars)
         } else {

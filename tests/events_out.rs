@@ -641,14 +641,12 @@ async fn accepted_batch_writes_the_same_lines_in_order() {
             id,
             body_id: 9,
             recipient: format!("r{id}@a.test").into(),
-            recipient_id: (id == 2).then(|| "crm-2".into()),
             meta: meta.clone(),
             created_ms: 0,
             expires_ms: u64::MAX,
             attempts: 0,
             next_ms: 0,
-            history: None,
-            vars: None,
+            extra: sluice::spool::Extra::boxed((id == 2).then(|| "crm-2".into()), None, Vec::new()),
         })
         .collect();
     events.emit_accepted(&ds, &verp, 1_767_323_045_000);

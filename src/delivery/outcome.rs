@@ -30,7 +30,7 @@ pub fn base_event(kind: &str, d: &Delivery, envelope_from: String, ts_ms: u64) -
         campaign: d.campaign().map(str::to_string),
         tenant: d.tenant().map(str::to_string),
         recipient: Some(d.recipient.to_string()),
-        recipient_id: d.recipient_id.as_deref().map(str::to_string),
+        recipient_id: d.recipient_id().map(str::to_string),
         envelope_from: Some(envelope_from),
         ..Event::default()
     }

@@ -11,7 +11,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::events::Events;
 use crate::queue::Scheduler;
-use crate::spool::{Delivery, Priority, Spool, SpoolError};
+use crate::spool::{Delivery, Extra, Priority, Spool, SpoolError};
 use crate::verp::{id_str, Verp};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +88,8 @@ pub struct Intake {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub quarantine: Arc<crate::quarantine::Quarantine>,
     pub campaigns: Arc<crate::campaign::Campaigns>,
+    /// Counts accepted recipients so freed intake buffers go back to the OS.
+    pub reclaim: Arc<crate::memory::Reclaim>,
 }
 
 fn clean_label(what: &str, v: Option<String>) -> Result<Option<String>, IntakeError> {
@@ -247,14 +249,12 @@ impl Intake {
                         id,
                         body_id,
                         recipient: a.as_string().into_boxed_str(),
-                        recipient_id: r.id.map(String::into_boxed_str),
                         meta: meta.clone(),
                         created_ms: now,
                         expires_ms,
                         attempts: 0,
                         next_ms: now,
-                        history: None,
-                        vars: r.vars.filter(|v| !v.is_empty()).map(Box::new),
+                        extra: Extra::boxed(r.id.map(String::into_boxed_str), r.vars, Vec::new()),
                     });
                 }
                 Err(e) => rejected.push(RejectedRecipient {
@@ -278,6 +278,7 @@ impl Intake {
             })
             .collect();
         self.events.emit_accepted(&deliveries, &self.verp, now);
+        self.reclaim.accepted(deliveries.len() as u64);
         self.campaigns.on_accepted(
             campaign.as_deref(),
             tenant.as_deref(),

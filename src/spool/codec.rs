@@ -4,7 +4,7 @@
 //! byte for optional fields. The envelope sender is not stored: it is recomputed from the id
 //! (and the aligned VERP domain, when there is one).
 
-use super::{Attempt, Delivery, Meta, Priority};
+use super::{Attempt, Delivery, Extra, Meta, Priority};
 use std::sync::Arc;
 
 const VERSION: u8 = 1;
@@ -96,7 +96,7 @@ pub fn encode(d: &Delivery) -> Vec<u8> {
     w.0.push(VERSION);
     w.u(d.body_id);
     w.s(&d.recipient);
-    w.os(d.recipient_id.as_deref());
+    w.os(d.recipient_id());
     w.os(d.campaign());
     w.os(d.tenant());
     w.os(d.pool());
@@ -118,7 +118,7 @@ pub fn encode(d: &Delivery) -> Vec<u8> {
         w.os(a.enhanced.as_deref());
         w.s(&a.response);
     }
-    match &d.vars {
+    match d.vars() {
         Some(v) => {
             w.u(v.len() as u64);
             for (k, val) in v.iter() {
@@ -174,14 +174,12 @@ pub fn decode(id: u64, b: &[u8]) -> Result<Delivery, DecodeError> {
             let v = r.s()?;
             m.insert(k, v);
         }
-        Some(Box::new(m))
+        Some(m)
     };
     Ok(Delivery {
         id,
         body_id,
-        vars,
         recipient: recipient.into_boxed_str(),
-        recipient_id: recipient_id.map(String::into_boxed_str),
         meta: Arc::new(Meta {
             campaign,
             tenant,
@@ -193,7 +191,7 @@ pub fn decode(id: u64, b: &[u8]) -> Result<Delivery, DecodeError> {
         expires_ms,
         attempts,
         next_ms,
-        history: (!history.is_empty()).then(|| Box::new(history)),
+        extra: Extra::boxed(recipient_id.map(String::into_boxed_str), vars, history),
     })
 }
 
@@ -207,7 +205,6 @@ mod tests {
             id: 77,
             body_id: 5,
             recipient: "ana@x.test".into(),
-            recipient_id: Some("crm-1".into()),
             meta: Arc::new(Meta {
                 campaign: Some("spring".into()),
                 tenant: None,
@@ -219,26 +216,28 @@ mod tests {
             expires_ms: 1_700_000_000_000 + 86_400_000,
             attempts: 2,
             next_ms: 1_700_000_300_000,
-            history: Some(Box::new(vec![Attempt {
-                ts: 1_700_000_100_000,
-                mx: Some("mx1".into()),
-                ip: None,
-                code: Some(451),
-                enhanced: Some("4.7.1".into()),
-                response: "451 4.7.1 later".into(),
-            }])),
-            vars: Some(Box::new(
-                [("first_name".to_string(), "Ana".to_string())]
-                    .into_iter()
-                    .collect(),
-            )),
+            extra: Extra::boxed(
+                Some("crm-1".into()),
+                Some(
+                    [("first_name".to_string(), "Ana".to_string())]
+                        .into_iter()
+                        .collect(),
+                ),
+                vec![Attempt {
+                    ts: 1_700_000_100_000,
+                    mx: Some("mx1".into()),
+                    ip: None,
+                    code: Some(451),
+                    enhanced: Some("4.7.1".into()),
+                    response: "451 4.7.1 later".into(),
+                }],
+            ),
         };
         assert_eq!(decode(77, &encode(&d)).unwrap(), d);
         let short = encode(&d);
         let fresh = Delivery {
-            history: None,
+            extra: None,
             attempts: 0,
-            vars: None,
             ..d.clone()
         };
         assert!(encode(&fresh).len() < 80, "{}", encode(&fresh).len());

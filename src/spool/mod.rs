@@ -99,14 +99,13 @@ pub struct Meta {
     pub verp_domain: Option<String>,
 }
 
-/// A queued delivery: one recipient of one injected message.
+/// A queued delivery: one recipient of one injected message. Kept small (88 bytes): a
+/// million of them wait in the queues of a big campaign.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Delivery {
     pub id: u64,
     pub body_id: u64,
     pub recipient: Box<str>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recipient_id: Option<Box<str>>,
     /// What the deliveries of one injection share (campaign, tenant, pool, priority, VERP
     /// domain): one allocation per injection instead of five fields per delivery.
     pub meta: Arc<Meta>,
@@ -114,13 +113,43 @@ pub struct Delivery {
     pub expires_ms: u64,
     pub attempts: u32,
     pub next_ms: u64,
-    /// The most recent attempts (at most [`MAX_HISTORY`]); out of line, most deliveries
-    /// never need it.
-    #[serde(default)]
-    pub history: Option<Box<Vec<Attempt>>>,
-    /// Personalisation variables (`{{name}}` placeholders), if any.
+    /// Recipient id, personalisation variables and attempt history: out of line, most
+    /// queued deliveries carry none of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vars: Option<Box<crate::template::Vars>>,
+    pub extra: Option<Box<Extra>>,
+}
+
+/// The rarer parts of a delivery.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Extra {
+    /// The caller's id for the recipient (echoed in events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_id: Option<Box<str>>,
+    /// Personalisation variables (`{{name}}` placeholders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vars: Option<crate::template::Vars>,
+    /// The most recent attempts (at most [`MAX_HISTORY`]), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Attempt>,
+}
+
+impl Extra {
+    /// `None` when there is nothing to keep.
+    pub fn boxed(
+        recipient_id: Option<Box<str>>,
+        vars: Option<crate::template::Vars>,
+        history: Vec<Attempt>,
+    ) -> Option<Box<Extra>> {
+        let vars = vars.filter(|v| !v.is_empty());
+        if recipient_id.is_none() && vars.is_none() && history.is_empty() {
+            return None;
+        }
+        Some(Box::new(Extra {
+            recipient_id,
+            vars,
+            history,
+        }))
+    }
 }
 
 pub const MAX_HISTORY: usize = 10;
@@ -144,7 +173,17 @@ impl Delivery {
 
     /// The recorded attempts, oldest first.
     pub fn history(&self) -> &[Attempt] {
-        self.history.as_deref().map(Vec::as_slice).unwrap_or(&[])
+        self.extra.as_deref().map_or(&[], |e| e.history.as_slice())
+    }
+
+    pub fn recipient_id(&self) -> Option<&str> {
+        self.extra
+            .as_deref()
+            .and_then(|e| e.recipient_id.as_deref())
+    }
+
+    pub fn vars(&self) -> Option<&crate::template::Vars> {
+        self.extra.as_deref().and_then(|e| e.vars.as_ref())
     }
 
     pub fn domain(&self) -> &str {
@@ -156,7 +195,7 @@ impl Delivery {
 
     pub fn record_attempt(&mut self, a: Attempt) {
         self.attempts += 1;
-        let h = self.history.get_or_insert_with(Default::default);
+        let h = &mut self.extra.get_or_insert_with(Default::default).history;
         if h.len() >= MAX_HISTORY {
             h.remove(0);
         }
@@ -746,7 +785,6 @@ mod tests {
             id: sp.next_id(),
             body_id,
             recipient: rcpt.into(),
-            recipient_id: None,
             meta: Arc::new(Meta {
                 campaign: Some("c".into()),
                 ..Meta::default()
@@ -755,8 +793,7 @@ mod tests {
             expires_ms: u64::MAX,
             attempts: 0,
             next_ms: 0,
-            history: None,
-            vars: None,
+            extra: None,
         }
     }
 

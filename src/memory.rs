@@ -1,0 +1,94 @@
+//! Returning freed heap to the operating system after bulk intake.
+//!
+//! A 100,000-recipient request allocates its JSON, the parsed recipients, the spool
+//! records, the response and the `accepted` events for a moment, among the deliveries that
+//! stay queued. glibc keeps what those transients freed mapped (in each thread's arena), so
+//! after a big campaign the process could hold twice the memory its queues need. Intake
+//! counts the recipients it accepted; a task looks every few seconds and, after enough
+//! intake, asks glibc (`malloc_trim`) to give free pages back. Elsewhere it does nothing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often the task looks.
+pub const INTERVAL: Duration = Duration::from_secs(2);
+/// Recipients accepted since the last trim that make the next one worth it.
+pub const THRESHOLD: u64 = 20_000;
+
+/// Intake's count of recipients accepted since the last trim.
+#[derive(Debug, Default)]
+pub struct Reclaim {
+    accepted: AtomicU64,
+    trims: AtomicU64,
+}
+
+impl Reclaim {
+    pub fn new() -> Arc<Reclaim> {
+        Arc::new(Reclaim::default())
+    }
+
+    pub fn accepted(&self, n: u64) {
+        self.accepted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Trims done so far.
+    pub fn trims(&self) -> u64 {
+        self.trims.load(Ordering::Relaxed)
+    }
+
+    /// Trim now if enough was accepted since the last time; true when it trimmed.
+    pub fn tick(&self) -> bool {
+        if self.accepted.load(Ordering::Relaxed) < THRESHOLD {
+            return false;
+        }
+        self.accepted.store(0, Ordering::Relaxed);
+        trim();
+        self.trims.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// The task: a look every [`INTERVAL`] until shutdown (the trim runs on a blocking
+    /// thread: it walks every arena).
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(INTERVAL) => {
+                    let me = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || me.tick()).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    // SAFETY: malloc_trim only releases free memory of the allocator's arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_only_after_enough_intake() {
+        let r = Reclaim::default();
+        assert!(!r.tick());
+        r.accepted(THRESHOLD - 1);
+        assert!(!r.tick());
+        r.accepted(1);
+        assert!(r.tick());
+        assert_eq!(r.trims(), 1);
+        // the count starts again
+        assert!(!r.tick());
+    }
+}
