@@ -8,16 +8,17 @@ use sluice::dns::MxHost;
 use sluice::metrics::Metrics;
 use sluice::queue::{Next, Scheduler, Source};
 use sluice::rules::{Level, RuleSet};
-use sluice::spool::{Delivery, Spool};
+use sluice::spool::{Delivery, Meta, Spool};
 use sluice::Clock;
 use std::sync::Arc;
 
-fn delivery(id: u64, domain: usize) -> Delivery {
+/// What intake does: the deliveries of one injection share one `Meta`.
+fn delivery(id: u64, domain: usize, meta: &Arc<Meta>) -> Delivery {
     Delivery {
         id,
         body_id: 1,
         recipient: format!("u{id}@d{domain}.test").into(),
-        meta: Default::default(),
+        meta: meta.clone(),
         created_ms: 0,
         expires_ms: u64::MAX,
         attempts: 0,
@@ -32,6 +33,7 @@ fn bench(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("sluice-sched-bench-{}", std::process::id()));
     let spool = Spool::open(&dir.join("s.redb"), Clock::System, 86_400_000).expect("spool");
     let mut group = c.benchmark_group("scheduling_decision");
+    let meta = Arc::new(Meta::default());
     for &n in &[10usize, 1_000, 100_000] {
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         let campaigns =
@@ -65,7 +67,7 @@ fn bench(c: &mut Criterion) {
         let mut qids = Vec::with_capacity(n);
         for d in 0..n {
             let domain = format!("d{d}.test");
-            sched.add(delivery(d as u64 + 1, d));
+            sched.add(delivery(d as u64 + 1, d, &meta));
             let plan = Ok(Arc::new(vec![MxHost {
                 name: format!("mx.d{d}.test"),
                 preference: 10,
@@ -83,7 +85,7 @@ fn bench(c: &mut Criterion) {
                 // a delivery for destination k falls due, is routed, taken and settled
                 let d = k % n;
                 id += 1;
-                sched.add(delivery(id, d));
+                sched.add(delivery(id, d, &meta));
                 let qid = qids[d % qids.len()];
                 if let Next::Deliver(x) = sched.next_for(qid, 0) {
                     std::hint::black_box(&x);

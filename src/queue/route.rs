@@ -134,8 +134,8 @@ impl Scheduler {
             .routes
             .get(d.domain())
             .filter(|r| r.until_ms > now)
-            .map(|r| r.rule);
-        let Some(rule) = hit else {
+            .map(|r| (r.rule, r.first));
+        let Some((rule, first)) = hit else {
             let domain = d.domain().to_string();
             let list = g.pending.entry(domain.clone()).or_default();
             list.push(d);
@@ -146,11 +146,12 @@ impl Scheduler {
             return;
         };
         let source = self.pick_source(g, &d, None, None);
-        let cached = g
-            .routes
-            .get(d.domain())
-            .and_then(|r| r.queue_of(source))
-            .filter(|q| g.queues.contains_key(q));
+        let cached = match first {
+            // the usual case: no second lookup of the domain
+            Some((s, q)) if s == source => Some(q),
+            _ => g.routes.get(d.domain()).and_then(|r| r.queue_of(source)),
+        }
+        .filter(|q| g.queues.contains_key(q));
         let qid = match cached {
             Some(q) => q,
             None => {
