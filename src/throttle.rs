@@ -77,25 +77,32 @@ pub struct BackoffState {
     pub resume_factor: f64,
 }
 
-/// One path: (source, destination group) under one rule.
+/// One path: (source, destination group) under one rule. The fields every scheduling
+/// decision reads come first, in this order (`repr(C)`), so they share cache lines.
 #[derive(Debug)]
+#[repr(C)]
 pub struct PathState {
-    pub id: std::sync::Arc<str>,
-    pub rule: String,
-    pub source: Option<String>,
-    pub group: String,
     pub connections: u32,
     pub opening: u32,
-    pub rate: Option<Gcra>,
-    pub conn_rate: Option<Gcra>,
-    pub backoff: Option<BackoffState>,
-    pub last_error: Option<String>,
+    /// Position of `rule` in the scheduler's current rule set (kept by the scheduler;
+    /// `usize::MAX` = look it up by name).
+    pub rule_idx: usize,
+    /// Position of `source` among the scheduler's sources (kept by the scheduler).
+    pub source_idx: Option<usize>,
     pub manual_suspend: bool,
     /// Attempts in the current and previous minute buckets (for the current rate).
     minute: u64,
     this_minute: u64,
     last_minute: u64,
     pub attempts: u64,
+    pub rate: Option<Gcra>,
+    pub conn_rate: Option<Gcra>,
+    pub backoff: Option<BackoffState>,
+    pub id: std::sync::Arc<str>,
+    pub rule: String,
+    pub source: Option<String>,
+    pub group: String,
+    pub last_error: Option<String>,
     /// The path's queues.
     pub queues: std::collections::HashSet<u64>,
     /// Queues refused a connection by the path's limits, in the order they asked: a freed
@@ -112,6 +119,8 @@ impl PathState {
     ) -> PathState {
         PathState {
             id,
+            rule_idx: usize::MAX,
+            source_idx: None,
             rule: rule.name.clone(),
             source,
             group,

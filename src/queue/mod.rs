@@ -14,7 +14,9 @@
 //! expiry, a queue hands out no expired delivery, and a sweep expires deliveries that wait
 //! in a throttled or suspended queue.
 
+mod paths;
 mod route;
+mod slab;
 pub mod status;
 mod sweep;
 pub mod warmup;
@@ -46,6 +48,8 @@ pub struct Source {
 
 struct Queue {
     path: Arc<str>,
+    /// The path's position in `Inner::paths`.
+    pidx: usize,
     source: usize,
     site: Arc<str>,
     targets: Arc<Vec<MxHost>>,
@@ -83,6 +87,11 @@ impl Queue {
             Priority::Transactional => &mut self.transactional,
             Priority::Bulk => &mut self.bulk,
         };
+        // most destinations of a campaign get one or two recipients: start with room for
+        // one (a growing lane doubles as usual) instead of the default four
+        if lane.capacity() == 0 {
+            lane.reserve_exact(1);
+        }
         if front {
             lane.push_front(d)
         } else {
@@ -102,11 +111,10 @@ struct Inner {
     timer: BTreeMap<(u64, u64), Delivery>,
     wakeups: BTreeMap<(u64, u64), Wake>,
     wake_seq: u64,
-    queues: HashMap<u64, Queue>,
+    queues: slab::Slab<Queue>,
     queue_index: HashMap<(Arc<str>, usize, Arc<str>), u64>,
-    next_queue: u64,
-    paths: HashMap<Arc<str>, PathState>,
-    routes: HashMap<String, Route>,
+    paths: paths::Paths,
+    routes: HashMap<route::DomainKey, Route>,
     pending: HashMap<String, Vec<Delivery>>,
     pending_count: u64,
     /// Deliveries of paused (or rate-capped) campaigns, by campaign.
@@ -229,10 +237,9 @@ impl Scheduler {
                 timer: BTreeMap::new(),
                 wakeups: BTreeMap::new(),
                 wake_seq: 0,
-                queues: HashMap::new(),
+                queues: Default::default(),
                 queue_index: HashMap::new(),
-                next_queue: 1,
-                paths: HashMap::new(),
+                paths: Default::default(),
                 routes: HashMap::new(),
                 pending: HashMap::new(),
                 pending_count: 0,
@@ -320,23 +327,29 @@ impl Scheduler {
     }
 
     fn level_of(g: &Inner, path: &PathState) -> Level {
-        if let Some(l) = path
-            .source
-            .as_ref()
-            .and_then(|s| g.sources.iter().position(|x| &x.name == s))
-            .and_then(|i| Self::warm_level(g, i))
-        {
+        let Some(i) = path.source_idx else {
+            return g.level;
+        };
+        if let Some(l) = Self::warm_level(g, i) {
             return l;
         }
-        path.source
-            .as_ref()
-            .and_then(|s| g.source_levels.get(s))
+        g.sources
+            .get(i)
+            .and_then(|s| g.source_levels.get(&s.name))
             .copied()
             .unwrap_or(g.level)
     }
 
     fn rule_of(g: &Inner, name: &str) -> Rule {
         Self::rule_in(&g.rules, name).clone()
+    }
+
+    /// A path's rule, by its cached position (by name when that is unknown).
+    fn path_rule<'a>(rules: &'a RuleSet, p: &PathState) -> &'a Rule {
+        match rules.rules.get(p.rule_idx) {
+            Some(r) => r,
+            None => Self::rule_in(rules, &p.rule),
+        }
     }
 
     /// A rule by name (the catch-all, last, when it is gone), borrowed from a rule set the
@@ -365,7 +378,7 @@ impl Scheduler {
         if let Some(q) = g.queues.get_mut(&qid) {
             if !q.waiting {
                 q.waiting = true;
-                if let Some(p) = g.paths.get_mut(&q.path) {
+                if let Some(p) = g.paths.at_mut(q.pidx) {
                     p.waiting.push_back(qid);
                 }
             }
@@ -382,14 +395,14 @@ impl Scheduler {
         if !q.wants_more() || q.throttled_until.is_some_and(|t| t > now) {
             return Connect::NotNow;
         }
-        let path_id = q.path.clone();
-        let Some(path) = g.paths.get(&path_id) else {
+        let pidx = q.pidx;
+        let Some(path) = g.paths.at(pidx) else {
             return Connect::NotNow;
         };
         let rules = g.rules.clone();
-        let rule = Self::rule_in(&rules, &path.rule);
+        let rule = Self::path_rule(&rules, path);
         let level = Self::level_of(g, path);
-        let Some(path) = g.paths.get_mut(&path_id) else {
+        let Some(path) = g.paths.at_mut(pidx) else {
             return Connect::NotNow;
         };
         match path.may_open(rule, level, now) {
@@ -473,12 +486,12 @@ impl Scheduler {
         let Some(q) = g.queues.get(&qid) else {
             return Next::Stop;
         };
-        let path_id = q.path.clone();
-        let Some(path) = g.paths.get(&path_id) else {
+        let pidx = q.pidx;
+        let Some(path) = g.paths.at(pidx) else {
             return Next::Stop;
         };
         let rules = g.rules.clone();
-        let rule = Self::rule_in(&rules, &path.rule);
+        let rule = Self::path_rule(&rules, path);
         let level = Self::level_of(&g, path);
         if path.suspended()
             || sent >= rule.messages_per_connection
@@ -518,7 +531,7 @@ impl Scheduler {
                 }
                 continue;
             }
-            let Some(path) = g.paths.get_mut(&path_id) else {
+            let Some(path) = g.paths.at_mut(pidx) else {
                 return Next::Stop;
             };
             match path.take_message(rule, level, now) {
@@ -581,8 +594,8 @@ impl Scheduler {
             return;
         };
         q.in_flight = q.in_flight.saturating_sub(1);
-        let path_id = q.path.clone();
-        if let (Some(r), Some(p)) = (last_reply, g.paths.get_mut(&path_id)) {
+        let pidx = q.pidx;
+        if let (Some(r), Some(p)) = (last_reply, g.paths.at_mut(pidx)) {
             p.last_error = Some(r);
         }
         self.cleanup(&mut g, qid);
@@ -669,7 +682,7 @@ impl Scheduler {
                 q.notify.notify_waiters();
             }
         } else {
-            let qids: Vec<u64> = g.queues.keys().copied().collect();
+            let qids: Vec<u64> = g.queues.keys().collect();
             for qid in qids {
                 self.maybe_connect(&mut g, qid, now);
             }

@@ -11,27 +11,85 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
-/// A resolved domain.
+/// A domain as the key of the routes table, stored inline up to 30 bytes (most domains):
+/// finding a route reads the table and nothing else.
+#[derive(Clone, Debug)]
+pub(super) enum DomainKey {
+    Inline(u8, [u8; 30]),
+    Heap(Box<str>),
+}
+
+impl DomainKey {
+    pub fn as_str(&self) -> &str {
+        match self {
+            // built from a &str, so always valid UTF-8
+            DomainKey::Inline(len, buf) => std::str::from_utf8(&buf[..*len as usize]).unwrap_or(""),
+            DomainKey::Heap(s) => s,
+        }
+    }
+}
+
+impl From<&str> for DomainKey {
+    fn from(s: &str) -> DomainKey {
+        let mut buf = [0u8; 30];
+        match buf.get_mut(..s.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(s.as_bytes());
+                DomainKey::Inline(s.len() as u8, buf)
+            }
+            None => DomainKey::Heap(s.into()),
+        }
+    }
+}
+
+impl std::borrow::Borrow<str> for DomainKey {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::hash::Hash for DomainKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        // as `str` hashes: lookups by &str find it
+        self.as_str().hash(h)
+    }
+}
+
+impl PartialEq for DomainKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for DomainKey {}
+
+/// A resolved domain. What routing reads each time sits inline; the rest in `more`.
 pub(super) struct Route {
+    pub until_ms: u64,
     pub rule: usize,
+    /// The queue this domain's deliveries go to from its first source (a shortcut:
+    /// checked against the live queues on use, rebuilt when missing).
+    pub first: Option<(usize, u64)>,
+    pub more: Box<RouteMore>,
+}
+
+pub(super) struct RouteMore {
     pub site: Arc<str>,
     pub targets: Arc<Vec<MxHost>>,
-    pub until_ms: u64,
-    /// The queue this domain's deliveries go to, per source (a shortcut: checked against
-    /// the live queues on use, rebuilt when missing). The first source's sits inline.
-    pub first: Option<(usize, u64)>,
-    pub more: Vec<(usize, u64)>,
+    /// The shortcut for the other sources.
+    pub queues: Vec<(usize, u64)>,
 }
 
 impl Route {
     pub fn new(rule: usize, site: Arc<str>, targets: Arc<Vec<MxHost>>, until_ms: u64) -> Route {
         Route {
-            rule,
-            site,
-            targets,
             until_ms,
+            rule,
             first: None,
-            more: Vec::new(),
+            more: Box::new(RouteMore {
+                site,
+                targets,
+                queues: Vec::new(),
+            }),
         }
     }
 
@@ -40,6 +98,7 @@ impl Route {
             Some((s, q)) if s == source => Some(q),
             _ => self
                 .more
+                .queues
                 .iter()
                 .find(|(s, _)| *s == source)
                 .map(|(_, q)| *q),
@@ -51,8 +110,8 @@ impl Route {
             Some((s, q)) if *s == source => *q = qid,
             None => self.first = Some((source, qid)),
             Some(_) => {
-                self.more.retain(|(s, _)| *s != source);
-                self.more.push((source, qid));
+                self.more.queues.retain(|(s, _)| *s != source);
+                self.more.queues.push((source, qid));
             }
         }
     }
@@ -158,7 +217,7 @@ impl Scheduler {
                 let Some((site, targets)) = g
                     .routes
                     .get(d.domain())
-                    .map(|r| (r.site.clone(), r.targets.clone()))
+                    .map(|r| (r.more.site.clone(), r.more.targets.clone()))
                 else {
                     return;
                 };
@@ -207,7 +266,7 @@ impl Scheduler {
         } else {
             match site {
                 Some(s) => Some(Arc::from(s)),
-                None => g.routes.get(d.domain()).map(|r| r.site.clone()),
+                None => g.routes.get(d.domain()).map(|r| r.more.site.clone()),
             }
         };
         let unreachable = &g.unreachable;
@@ -267,13 +326,17 @@ impl Scheduler {
             group
         );
         let id = short_id(&path_key);
-        let path_id: Arc<str> = match g.paths.get(id.as_str()) {
-            Some(p) => p.id.clone(),
+        let (path_id, pidx): (Arc<str>, usize) = match g.paths.position(id.as_str()) {
+            Some(i) => match g.paths.at(i) {
+                Some(p) => (p.id.clone(), i),
+                None => return 0,
+            },
             None => {
                 let a: Arc<str> = Arc::from(id);
-                g.paths
-                    .insert(a.clone(), PathState::new(a.clone(), rule, path_src, group));
-                a
+                let mut p = PathState::new(a.clone(), rule, path_src, group);
+                p.rule_idx = rule_idx.min(rules.rules.len() - 1);
+                p.source_idx = (!rule.shared).then_some(source);
+                (a, g.paths.insert(p))
             }
         };
         let site: Arc<str> = Arc::from(site);
@@ -281,25 +344,21 @@ impl Scheduler {
         if let Some(q) = g.queue_index.get(&key) {
             return *q;
         }
-        let qid = g.next_queue;
-        g.next_queue += 1;
-        g.queues.insert(
-            qid,
-            Queue {
-                path: path_id.clone(),
-                source,
-                site,
-                targets,
-                transactional: VecDeque::new(),
-                bulk: VecDeque::new(),
-                connections: 0,
-                in_flight: 0,
-                throttled_until: None,
-                notify: Arc::new(Notify::new()),
-                idle: 0,
-                waiting: false,
-            },
-        );
+        let qid = g.queues.insert(Queue {
+            path: path_id.clone(),
+            pidx,
+            source,
+            site,
+            targets,
+            transactional: VecDeque::new(),
+            bulk: VecDeque::new(),
+            connections: 0,
+            in_flight: 0,
+            throttled_until: None,
+            notify: Arc::new(Notify::new()),
+            idle: 0,
+            waiting: false,
+        });
         g.queue_index.insert(key, qid);
         if let Some(p) = g.paths.get_mut(&path_id) {
             p.queues.insert(qid);
@@ -338,7 +397,7 @@ impl Scheduler {
                 names.dedup();
                 let site = names.join(",");
                 g.routes.insert(
-                    domain.to_string(),
+                    DomainKey::from(domain),
                     Route::new(
                         rule,
                         Arc::from(site.as_str()),
@@ -386,7 +445,11 @@ impl Scheduler {
             });
             if others {
                 let domain = d.domain().to_string();
-                let rule = g.routes.get(&domain).map(|r| r.rule).unwrap_or(usize::MAX);
+                let rule = g
+                    .routes
+                    .get(domain.as_str())
+                    .map(|r| r.rule)
+                    .unwrap_or(usize::MAX);
                 self.place(&mut g, d, rule, &site, targets.clone(), now, Some(source));
             } else {
                 stuck.push(d);
@@ -480,5 +543,40 @@ impl Scheduler {
             }
             self.schedule(&mut g, now + ms, Wake::Path(id));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DomainKey;
+    use std::collections::HashMap;
+
+    #[test]
+    fn domain_keys_are_found_by_str_inline_or_not() {
+        let long = "a-rather-long-subdomain.of-a-long-domain.example";
+        let mut m = HashMap::new();
+        m.insert(DomainKey::from("gmail.com"), 1);
+        m.insert(DomainKey::from(long), 2);
+        m.insert(DomainKey::from(""), 3);
+        assert!(matches!(
+            DomainKey::from("gmail.com"),
+            DomainKey::Inline(9, _)
+        ));
+        assert!(matches!(DomainKey::from(long), DomainKey::Heap(_)));
+        assert_eq!(m.get("gmail.com"), Some(&1));
+        assert_eq!(m.get(long), Some(&2));
+        assert_eq!(m.get(""), Some(&3));
+        assert_eq!(m.get("gmail.co"), None);
+        // exactly 30 bytes still inline, 31 not
+        let k30 = "x".repeat(30);
+        assert!(matches!(
+            DomainKey::from(k30.as_str()),
+            DomainKey::Inline(30, _)
+        ));
+        assert!(matches!(
+            DomainKey::from("y".repeat(31).as_str()),
+            DomainKey::Heap(_)
+        ));
+        assert_eq!(DomainKey::from(k30.as_str()).as_str(), k30);
     }
 }

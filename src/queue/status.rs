@@ -167,7 +167,7 @@ impl Scheduler {
                 g.source_levels.insert(s.to_string(), level);
             }
         }
-        let qids: Vec<u64> = g.queues.keys().copied().collect();
+        let qids: Vec<u64> = g.queues.keys().collect();
         for q in qids {
             self.maybe_connect(&mut g, q, now);
         }
@@ -196,7 +196,12 @@ impl Scheduler {
         let now = self.clock.now_ms();
         let mut g = self.lock();
         for p in g.paths.values_mut() {
-            if let Some(r) = rules.rule(&p.rule) {
+            p.rule_idx = rules
+                .rules
+                .iter()
+                .position(|r| r.name == p.rule)
+                .unwrap_or(usize::MAX);
+            if let Some(r) = rules.rules.get(p.rule_idx) {
                 p.sync_rule(r);
             }
         }
@@ -205,7 +210,7 @@ impl Scheduler {
         }
         g.rules = rules;
         g.routes.clear();
-        let qids: Vec<u64> = g.queues.keys().copied().collect();
+        let qids: Vec<u64> = g.queues.keys().collect();
         for q in qids {
             self.maybe_connect(&mut g, q, now);
         }

@@ -45,7 +45,7 @@ impl Scheduler {
                 *lane = keep;
                 q.in_flight += take.len() as u32;
                 n_ready += take.len() as u64;
-                out.extend(take.into_iter().map(|d| (d, Some(*qid))));
+                out.extend(take.into_iter().map(|d| (d, Some(qid))));
             }
         }
         g.ready -= n_ready;
@@ -68,7 +68,7 @@ impl Scheduler {
         for d in expired_parked {
             let _ = self.expired_tx.send((d, None));
         }
-        let qids: Vec<u64> = g.queues.keys().copied().collect();
+        let qids: Vec<u64> = g.queues.keys().collect();
         for qid in qids {
             let Some(q) = g.queues.get_mut(&qid) else {
                 continue;
