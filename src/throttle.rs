@@ -77,27 +77,28 @@ pub struct BackoffState {
     pub resume_factor: f64,
 }
 
-/// One path: (source, destination group) under one rule. The fields every scheduling
-/// decision reads come first, in this order (`repr(C)`), so they share cache lines.
+/// One path: (source, destination group) under one rule. What every scheduling decision
+/// reads or writes sits in the first 64 bytes (`repr(C)`: at most two cache lines); the
+/// buckets and the backoff state sit behind pointers that are null for most paths.
 #[derive(Debug)]
 #[repr(C)]
 pub struct PathState {
     pub connections: u32,
     pub opening: u32,
     /// Position of `rule` in the scheduler's current rule set (kept by the scheduler;
-    /// `usize::MAX` = look it up by name).
-    pub rule_idx: usize,
+    /// `u32::MAX` = look it up by name).
+    pub rule_idx: u32,
     /// Position of `source` among the scheduler's sources (kept by the scheduler).
-    pub source_idx: Option<usize>,
+    pub source_idx: Option<u32>,
     pub manual_suspend: bool,
+    pub backoff: Option<Box<BackoffState>>,
+    pub rate: Option<Box<Gcra>>,
+    pub conn_rate: Option<Box<Gcra>>,
     /// Attempts in the current and previous minute buckets (for the current rate).
-    minute: u64,
-    this_minute: u64,
-    last_minute: u64,
+    minute: u32,
+    this_minute: u32,
     pub attempts: u64,
-    pub rate: Option<Gcra>,
-    pub conn_rate: Option<Gcra>,
-    pub backoff: Option<BackoffState>,
+    last_minute: u32,
     pub id: std::sync::Arc<str>,
     pub rule: String,
     pub source: Option<String>,
@@ -119,7 +120,7 @@ impl PathState {
     ) -> PathState {
         PathState {
             id,
-            rule_idx: usize::MAX,
+            rule_idx: u32::MAX,
             source_idx: None,
             rule: rule.name.clone(),
             source,
@@ -128,10 +129,10 @@ impl PathState {
             opening: 0,
             rate: rule
                 .messages_per_hour
-                .map(|r| Gcra::per_hour(r as f64, hourly_burst(r as f64))),
+                .map(|r| Box::new(Gcra::per_hour(r as f64, hourly_burst(r as f64)))),
             conn_rate: rule
                 .max_new_connections_per_minute
-                .map(|r| Gcra::per_minute(r as f64, (r / 6).max(1))),
+                .map(|r| Box::new(Gcra::per_minute(r as f64, (r / 6).max(1)))),
             backoff: None,
             last_error: None,
             manual_suspend: false,
@@ -147,12 +148,16 @@ impl PathState {
     /// Follow a reloaded rule: add or drop buckets, keeping the budget already spent.
     pub fn sync_rule(&mut self, rule: &Rule) {
         match (rule.messages_per_hour, &mut self.rate) {
-            (Some(r), None) => self.rate = Some(Gcra::per_hour(r as f64, hourly_burst(r as f64))),
+            (Some(r), None) => {
+                self.rate = Some(Box::new(Gcra::per_hour(r as f64, hourly_burst(r as f64))))
+            }
             (None, Some(_)) => self.rate = None,
             _ => {}
         }
         match (rule.max_new_connections_per_minute, &mut self.conn_rate) {
-            (Some(r), None) => self.conn_rate = Some(Gcra::per_minute(r as f64, (r / 6).max(1))),
+            (Some(r), None) => {
+                self.conn_rate = Some(Box::new(Gcra::per_minute(r as f64, (r / 6).max(1))))
+            }
             (Some(r), Some(g)) => g.set_per_hour(r as f64 * 60.0),
             (None, Some(_)) => self.conn_rate = None,
             _ => {}
@@ -213,9 +218,9 @@ impl PathState {
     }
 
     fn count_attempt(&mut self, now: u64) {
-        let m = now / 60_000;
+        let m = (now / 60_000) as u32;
         if m != self.minute {
-            self.last_minute = if m == self.minute + 1 {
+            self.last_minute = if m == self.minute.wrapping_add(1) {
                 self.this_minute
             } else {
                 0
@@ -229,11 +234,11 @@ impl PathState {
 
     /// Approximate current rate (attempts per hour, from the last full minute).
     pub fn current_rate(&self, now: u64) -> u64 {
-        let m = now / 60_000;
+        let m = (now / 60_000) as u32;
         if m == self.minute {
-            self.last_minute * 60
-        } else if m == self.minute + 1 {
-            self.this_minute * 60
+            u64::from(self.last_minute) * 60
+        } else if m == self.minute.wrapping_add(1) {
+            u64::from(self.this_minute) * 60
         } else {
             0
         }
@@ -271,7 +276,7 @@ impl PathState {
                 b.step_ms = b.step_ms.max(step_ms);
             }
             None => {
-                self.backoff = Some(BackoffState {
+                self.backoff = Some(Box::new(BackoffState {
                     action: if suspend { "suspend" } else { "backoff" },
                     factor: if suspend { 0.0 } else { factor },
                     reason: reason.to_string(),
@@ -281,7 +286,7 @@ impl PathState {
                     step_ms,
                     hits: 1,
                     resume_factor: factor,
-                });
+                }));
             }
         }
     }
@@ -356,6 +361,25 @@ fn hhmm(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_paths_hot_fields_share_one_cache_line() {
+        use std::mem::offset_of;
+        for (name, end) in [
+            ("connections", offset_of!(PathState, connections) + 4),
+            ("opening", offset_of!(PathState, opening) + 4),
+            ("rule_idx", offset_of!(PathState, rule_idx) + 4),
+            ("source_idx", offset_of!(PathState, source_idx) + 8),
+            ("backoff", offset_of!(PathState, backoff) + 8),
+            ("rate", offset_of!(PathState, rate) + 8),
+            ("conn_rate", offset_of!(PathState, conn_rate) + 8),
+            ("minute", offset_of!(PathState, minute) + 4),
+            ("this_minute", offset_of!(PathState, this_minute) + 4),
+            ("attempts", offset_of!(PathState, attempts) + 8),
+        ] {
+            assert!(end <= 64, "{name} ends at byte {end}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -46,24 +46,27 @@ pub struct Source {
     pub warmup: Vec<warmup::Step>,
 }
 
+/// A ready queue. What a scheduling decision reads comes first (`repr(C)`), so it shares
+/// cache lines.
+#[repr(C)]
 struct Queue {
-    path: Arc<str>,
-    /// The path's position in `Inner::paths`.
-    pidx: usize,
-    source: usize,
-    site: Arc<str>,
-    targets: Arc<Vec<MxHost>>,
     transactional: VecDeque<Delivery>,
     bulk: VecDeque<Delivery>,
+    /// The path's position in `Inner::paths`.
+    pidx: usize,
+    throttled_until: Option<u64>,
     connections: u32,
     in_flight: u32,
-    throttled_until: Option<u64>,
-    notify: Arc<Notify>,
     /// Connections told "nothing queued" (an upper bound: one that timed out is not
     /// taken off); a push wakes one of them, and touches `notify` only then.
     idle: u32,
     /// In its path's `waiting` list.
     waiting: bool,
+    notify: Arc<Notify>,
+    path: Arc<str>,
+    source: usize,
+    site: Arc<str>,
+    targets: Arc<Vec<MxHost>>,
 }
 
 impl Queue {
@@ -327,7 +330,7 @@ impl Scheduler {
     }
 
     fn level_of(g: &Inner, path: &PathState) -> Level {
-        let Some(i) = path.source_idx else {
+        let Some(i) = path.source_idx.map(|i| i as usize) else {
             return g.level;
         };
         if let Some(l) = Self::warm_level(g, i) {
@@ -346,7 +349,7 @@ impl Scheduler {
 
     /// A path's rule, by its cached position (by name when that is unknown).
     fn path_rule<'a>(rules: &'a RuleSet, p: &PathState) -> &'a Rule {
-        match rules.rules.get(p.rule_idx) {
+        match rules.rules.get(p.rule_idx as usize) {
             Some(r) => r,
             None => Self::rule_in(rules, &p.rule),
         }

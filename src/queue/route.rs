@@ -334,8 +334,8 @@ impl Scheduler {
             None => {
                 let a: Arc<str> = Arc::from(id);
                 let mut p = PathState::new(a.clone(), rule, path_src, group);
-                p.rule_idx = rule_idx.min(rules.rules.len() - 1);
-                p.source_idx = (!rule.shared).then_some(source);
+                p.rule_idx = u32::try_from(rule_idx.min(rules.rules.len() - 1)).unwrap_or(u32::MAX);
+                p.source_idx = (!rule.shared).then(|| u32::try_from(source).ok()).flatten();
                 (a, g.paths.insert(p))
             }
         };

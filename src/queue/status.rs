@@ -93,7 +93,7 @@ impl Scheduler {
                     max_per_hour: p.messages_per_hour(&rule, level).map(|r| r as u64),
                     level: level.as_str(),
                     state: p.describe(&rule, level, now),
-                    backoff: p.backoff.clone(),
+                    backoff: p.backoff.as_deref().cloned(),
                     last_error: p.last_error.clone(),
                 }
             })
@@ -200,8 +200,9 @@ impl Scheduler {
                 .rules
                 .iter()
                 .position(|r| r.name == p.rule)
-                .unwrap_or(usize::MAX);
-            if let Some(r) = rules.rules.get(p.rule_idx) {
+                .and_then(|i| u32::try_from(i).ok())
+                .unwrap_or(u32::MAX);
+            if let Some(r) = rules.rules.get(p.rule_idx as usize) {
                 p.sync_rule(r);
             }
         }
