@@ -64,6 +64,9 @@ async fn run() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // the engine gives freed intake buffers back once intake is quiet (within two looks
+    // of its reclaim task): measure the steady state, not the tail of the last request
+    tokio::time::sleep(sluice::memory::INTERVAL * 2 + Duration::from_millis(500)).await;
     let spool = env.spool_bytes().saturating_sub(spool0);
     let rss = util::rss_bytes().saturating_sub(rss0);
     // glibc keeps freed request buffers (JSON parsing) mapped; give them back to see what

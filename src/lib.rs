@@ -18,6 +18,7 @@ pub mod domain;
 pub mod engine;
 pub mod events;
 pub mod feedback;
+pub mod inline_str;
 pub mod intake;
 pub mod loadgen;
 pub mod memory;

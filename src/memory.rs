@@ -7,7 +7,7 @@
 //! counts the recipients it accepted; a task looks every few seconds and, after enough
 //! intake, asks glibc (`malloc_trim`) to give free pages back. Elsewhere it does nothing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -22,6 +22,11 @@ pub const THRESHOLD: u64 = 20_000;
 pub struct Reclaim {
     accepted: AtomicU64,
     trims: AtomicU64,
+    /// A trim after bulk intake was done: one more once intake is quiet, for what the
+    /// last requests freed after it (responses, the log writer's batches).
+    after_bulk: AtomicBool,
+    /// `accepted` at the previous look (unchanged = quiet).
+    seen: AtomicU64,
 }
 
 impl Reclaim {
@@ -38,12 +43,18 @@ impl Reclaim {
         self.trims.load(Ordering::Relaxed)
     }
 
-    /// Trim now if enough was accepted since the last time; true when it trimmed.
+    /// Trim now if enough was accepted since the last time, or once more when intake has
+    /// gone quiet after such a trim; true when it trimmed.
     pub fn tick(&self) -> bool {
-        if self.accepted.load(Ordering::Relaxed) < THRESHOLD {
+        let n = self.accepted.load(Ordering::Relaxed);
+        let before = self.seen.swap(n, Ordering::Relaxed);
+        if n >= THRESHOLD {
+            self.accepted.store(0, Ordering::Relaxed);
+            self.seen.store(0, Ordering::Relaxed);
+            self.after_bulk.store(true, Ordering::Relaxed);
+        } else if !(n == before && self.after_bulk.swap(false, Ordering::Relaxed)) {
             return false;
         }
-        self.accepted.store(0, Ordering::Relaxed);
         trim();
         self.trims.fetch_add(1, Ordering::Relaxed);
         true
@@ -80,7 +91,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trims_only_after_enough_intake() {
+    fn trims_after_enough_intake_and_once_more_when_quiet() {
         let r = Reclaim::default();
         assert!(!r.tick());
         r.accepted(THRESHOLD - 1);
@@ -88,7 +99,18 @@ mod tests {
         r.accepted(1);
         assert!(r.tick());
         assert_eq!(r.trims(), 1);
-        // the count starts again
+        // intake stopped: one final trim, then nothing until the next bulk
+        assert!(r.tick());
         assert!(!r.tick());
+        assert_eq!(r.trims(), 2);
+        // a trickle after a bulk trim postpones the final one until quiet
+        r.accepted(THRESHOLD);
+        assert!(r.tick());
+        r.accepted(5);
+        assert!(!r.tick());
+        assert_eq!(r.trims(), 3);
+        assert!(r.tick());
+        assert!(!r.tick());
+        assert_eq!(r.trims(), 4);
     }
 }

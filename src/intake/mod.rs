@@ -248,7 +248,7 @@ impl Intake {
                     deliveries.push(Delivery {
                         id,
                         body_id,
-                        recipient: a.as_string().into_boxed_str(),
+                        recipient: a.as_string().into(),
                         meta: meta.clone(),
                         created_ms: now,
                         expires_ms,

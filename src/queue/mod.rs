@@ -117,7 +117,8 @@ struct Inner {
     queues: slab::Slab<Queue>,
     queue_index: HashMap<(Arc<str>, usize, Arc<str>), u64>,
     paths: paths::Paths,
-    routes: HashMap<route::DomainKey, Route>,
+    /// Keys inline (most domains fit): a lookup reads the table only.
+    routes: HashMap<crate::inline_str::InlineStr, Route>,
     pending: HashMap<String, Vec<Delivery>>,
     pending_count: u64,
     /// Deliveries of paused (or rate-capped) campaigns, by campaign.

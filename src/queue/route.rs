@@ -3,6 +3,7 @@
 
 use super::{Inner, Queue, Scheduler, Wake};
 use crate::dns::{DnsFailure, MxHost};
+use crate::inline_str::InlineStr;
 use crate::rules::{BackoffAction, BackoffRule, Per, Scope};
 use crate::spool::Delivery;
 use crate::throttle::PathState;
@@ -10,57 +11,6 @@ use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::Notify;
-
-/// A domain as the key of the routes table, stored inline up to 30 bytes (most domains):
-/// finding a route reads the table and nothing else.
-#[derive(Clone, Debug)]
-pub(super) enum DomainKey {
-    Inline(u8, [u8; 30]),
-    Heap(Box<str>),
-}
-
-impl DomainKey {
-    pub fn as_str(&self) -> &str {
-        match self {
-            // built from a &str, so always valid UTF-8
-            DomainKey::Inline(len, buf) => std::str::from_utf8(&buf[..*len as usize]).unwrap_or(""),
-            DomainKey::Heap(s) => s,
-        }
-    }
-}
-
-impl From<&str> for DomainKey {
-    fn from(s: &str) -> DomainKey {
-        let mut buf = [0u8; 30];
-        match buf.get_mut(..s.len()) {
-            Some(dst) => {
-                dst.copy_from_slice(s.as_bytes());
-                DomainKey::Inline(s.len() as u8, buf)
-            }
-            None => DomainKey::Heap(s.into()),
-        }
-    }
-}
-
-impl std::borrow::Borrow<str> for DomainKey {
-    fn borrow(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::hash::Hash for DomainKey {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        // as `str` hashes: lookups by &str find it
-        self.as_str().hash(h)
-    }
-}
-
-impl PartialEq for DomainKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-impl Eq for DomainKey {}
 
 /// A resolved domain. What routing reads each time sits inline; the rest in `more`.
 pub(super) struct Route {
@@ -397,7 +347,7 @@ impl Scheduler {
                 names.dedup();
                 let site = names.join(",");
                 g.routes.insert(
-                    DomainKey::from(domain),
+                    InlineStr::from(domain),
                     Route::new(
                         rule,
                         Arc::from(site.as_str()),
@@ -543,40 +493,5 @@ impl Scheduler {
             }
             self.schedule(&mut g, now + ms, Wake::Path(id));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::DomainKey;
-    use std::collections::HashMap;
-
-    #[test]
-    fn domain_keys_are_found_by_str_inline_or_not() {
-        let long = "a-rather-long-subdomain.of-a-long-domain.example";
-        let mut m = HashMap::new();
-        m.insert(DomainKey::from("gmail.com"), 1);
-        m.insert(DomainKey::from(long), 2);
-        m.insert(DomainKey::from(""), 3);
-        assert!(matches!(
-            DomainKey::from("gmail.com"),
-            DomainKey::Inline(9, _)
-        ));
-        assert!(matches!(DomainKey::from(long), DomainKey::Heap(_)));
-        assert_eq!(m.get("gmail.com"), Some(&1));
-        assert_eq!(m.get(long), Some(&2));
-        assert_eq!(m.get(""), Some(&3));
-        assert_eq!(m.get("gmail.co"), None);
-        // exactly 30 bytes still inline, 31 not
-        let k30 = "x".repeat(30);
-        assert!(matches!(
-            DomainKey::from(k30.as_str()),
-            DomainKey::Inline(30, _)
-        ));
-        assert!(matches!(
-            DomainKey::from("y".repeat(31).as_str()),
-            DomainKey::Heap(_)
-        ));
-        assert_eq!(DomainKey::from(k30.as_str()).as_str(), k30);
     }
 }

@@ -179,7 +179,7 @@ pub fn decode(id: u64, b: &[u8]) -> Result<Delivery, DecodeError> {
     Ok(Delivery {
         id,
         body_id,
-        recipient: recipient.into_boxed_str(),
+        recipient: recipient.into(),
         meta: Arc::new(Meta {
             campaign,
             tenant,
