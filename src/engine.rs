@@ -278,6 +278,7 @@ impl Engine {
             renderer,
             verp: cfg.verp(),
         });
+        crate::memory::configure();
         let reclaim = crate::memory::Reclaim::new();
         let intake = Arc::new(Intake {
             cfg: cfg.clone(),

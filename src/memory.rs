@@ -5,7 +5,8 @@
 //! stay queued. glibc keeps what those transients freed mapped (in each thread's arena), so
 //! after a big campaign the process could hold twice the memory its queues need. Intake
 //! counts the recipients it accepted; a task looks every few seconds and, after enough
-//! intake, asks glibc (`malloc_trim`) to give free pages back. Elsewhere it does nothing.
+//! intake, asks glibc (`malloc_trim`) to give free pages back — when at least [`MIN_FREE`]
+//! is free: a smaller trim would cost page faults for little. Elsewhere it does nothing.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,9 @@ use tokio::sync::watch;
 pub const INTERVAL: Duration = Duration::from_secs(2);
 /// Recipients accepted since the last trim that make the next one worth it.
 pub const THRESHOLD: u64 = 20_000;
+/// Free heap below this is left alone: giving back a little costs page faults when the
+/// delivery that follows allocates again.
+pub const MIN_FREE: u64 = 64 << 20;
 
 /// Intake's count of recipients accepted since the last trim.
 #[derive(Debug, Default)]
@@ -75,8 +79,29 @@ impl Reclaim {
     }
 }
 
+/// Cap glibc's malloc arenas (it makes up to eight per core, one per thread that meets
+/// contention), so memory freed by one worker thread serves the others instead of staying
+/// parked in that thread's arena. Once per process, before the engine allocates much.
+pub fn configure() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only changes the allocator's tuning; M_ARENA_MAX = -8.
+            unsafe {
+                libc::mallopt(libc::M_ARENA_MAX, 2);
+            }
+        });
+    }
+}
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn trim() {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let free = unsafe { libc::mallinfo2() }.fordblks as u64;
+    if free < MIN_FREE {
+        return;
+    }
     // SAFETY: malloc_trim only releases free memory of the allocator's arenas.
     unsafe {
         libc::malloc_trim(0);
