@@ -79,6 +79,10 @@ impl Reclaim {
     }
 }
 
+/// Allocations from this size up get their own mapping (glibc's default starts at 128 KiB
+/// and rises with every large free, up to 32 MiB).
+pub const MMAP_THRESHOLD: i32 = 256 << 10;
+
 /// Cap glibc's malloc arenas (it makes up to eight per core, one per thread that meets
 /// contention), so memory freed by one worker thread serves the others instead of staying
 /// parked in that thread's arena. Once per process, before the engine allocates much.
@@ -87,9 +91,13 @@ pub fn configure() {
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
-            // SAFETY: mallopt only changes the allocator's tuning; M_ARENA_MAX = -8.
+            // SAFETY: mallopt only changes the allocator's tuning.
             unsafe {
                 libc::mallopt(libc::M_ARENA_MAX, 2);
+                // a big request's buffers (its JSON, parsed recipients, response) are mapped
+                // and unmapped on their own instead of raising the threshold and landing
+                // among the queues' long-lived allocations
+                libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
             }
         });
     }
