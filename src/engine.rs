@@ -194,6 +194,7 @@ impl Engine {
             metrics.clone(),
             campaigns.clone(),
         );
+        crate::queue::warmup::load(&sched, &spool)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let http = TcpListener::bind(cfg.listen.http)
@@ -296,6 +297,11 @@ impl Engine {
         let mut tasks = vec![
             tokio::spawn(sched.clone().run_timer(shutdown_rx.clone())),
             tokio::spawn(reclaim.run(shutdown_rx.clone())),
+            tokio::spawn(crate::queue::warmup::keep(
+                sched.clone(),
+                spool.clone(),
+                shutdown_rx.clone(),
+            )),
             tokio::spawn(delivery::run_dispatcher(
                 ctx.clone(),
                 feeds.connect,

@@ -342,3 +342,38 @@ async fn a_warming_ip_keeps_to_its_daily_cap_and_overflows_to_warm_ips() {
     assert_eq!(v["warmup"][0]["level"], "normal");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn warm_up_progress_survives_a_restart() {
+    let net = 67;
+    let mx = FakeMx::start(ipa(net, 2), MX_PORT, MxScript::default()).await;
+    let mut o = Opts::new(net);
+    o.manual_clock = true;
+    o.rules = Some(catch_all(4, 100, "idle_timeout = \"200ms\""));
+    o.extra = format!(
+        "[[sources]]\nname = \"warm\"\nip = \"{}\"\n[[sources]]\nname = \"new\"\nip = \"{}\"\n[[sources.warmup]]\nlevel = \"slow\"\ndaily_cap = 5\n[[sources.warmup]]\nlevel = \"normal\"\ndaily_cap = 1000\n[[sources.warmup]]\nlevel = \"boost\"\ndaily_cap = 100000\n",
+        ip(net, 10),
+        ip(net, 11)
+    );
+    let mut h = Harness::start(hosted(net, 4), o).await;
+    let rcpts: Vec<String> = (0..10).map(|i| format!("u{i}@d{}.test", i % 4)).collect();
+    inject_many(&h, &rcpts).await;
+    mx.wait_transactions(10, WAIT).await;
+    // a clean day 1, then day 2 starts with one delivery
+    h.advance(Duration::from_secs(86_400));
+    inject_many(&h, &["next@d0.test".to_string()]).await;
+    h.wait_for("delivered", "next@d0.test").await;
+    let (_, before) = http(h.http(), "GET", "/api/v1/level", None, None).await;
+    assert_eq!(before["warmup"][0]["day"], 2, "{before}");
+    h.restart().await;
+    let (_, after) = http(h.http(), "GET", "/api/v1/level", None, None).await;
+    let keys = ["source", "day", "level", "daily_cap", "sent_today"];
+    for k in keys {
+        assert_eq!(
+            after["warmup"][0][k], before["warmup"][0][k],
+            "{k}: {before} then {after}"
+        );
+    }
+    assert_eq!(after["warmup"][0]["level"], "normal");
+    h.shutdown().await;
+}

@@ -4,7 +4,7 @@
 
 use super::{Inner, Scheduler};
 use crate::rules::Level;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One day of a schedule.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,8 +13,8 @@ pub struct Step {
     pub daily_cap: u64,
 }
 
-/// Where a source is in its schedule.
-#[derive(Debug, Clone, Default, Serialize)]
+/// Where a source is in its schedule (kept in the spool across restarts).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct WarmState {
     /// Index of the current step (0 = day 1).
     pub step: usize,
@@ -69,6 +69,74 @@ pub fn current(steps: &[Step], st: &WarmState) -> Option<(Level, bool)> {
 
 const DAY_MS: u64 = 86_400_000;
 
+/// How often warm-up progress is written to the spool (and once more at shutdown).
+pub const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn meta_key(source: &str) -> String {
+    format!("warmup:{source}")
+}
+
+/// Put back the warm-up progress saved in the spool (a source's day, today's counters).
+pub fn load(
+    sched: &Scheduler,
+    spool: &crate::spool::Spool,
+) -> Result<(), crate::spool::SpoolError> {
+    let mut saved = Vec::new();
+    for (name, _) in sched.warm_snapshot() {
+        if let Some(json) = spool.meta_get(&meta_key(&name))? {
+            match serde_json::from_str::<WarmState>(&json) {
+                Ok(st) => saved.push((name, st)),
+                Err(e) => {
+                    tracing::warn!(source = %name, error = %e, "saved warm-up state unreadable; the source starts at day 1")
+                }
+            }
+        }
+    }
+    sched.restore_warm(saved);
+    Ok(())
+}
+
+/// Keep the warm-up progress in the spool: what changed, every [`SAVE_EVERY`] and at
+/// shutdown, so a restart does not send a warming IP back to day 1.
+pub async fn keep(
+    sched: std::sync::Arc<Scheduler>,
+    spool: crate::spool::Spool,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut written: std::collections::HashMap<String, WarmState> = Default::default();
+    loop {
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(SAVE_EVERY) => false,
+            _ = shutdown.changed() => true,
+        };
+        let changed: Vec<(String, WarmState)> = sched
+            .warm_snapshot()
+            .into_iter()
+            .filter(|(n, st)| written.get(n) != Some(st))
+            .collect();
+        if !changed.is_empty() {
+            let sp = spool.clone();
+            let todo = changed.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                for (name, st) in &todo {
+                    let json = serde_json::to_string(st).unwrap_or_default();
+                    sp.meta_set(&meta_key(name), &json)?;
+                }
+                Ok::<(), crate::spool::SpoolError>(())
+            })
+            .await;
+            match res {
+                Ok(Ok(())) => written.extend(changed),
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot save warm-up progress"),
+                Err(e) => tracing::error!(error = %e, "warm-up saver failed"),
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
 impl Scheduler {
     /// The warm-up level of source `i` today, if it follows a schedule.
     pub(super) fn warm_level(g: &Inner, i: usize) -> Option<Level> {
@@ -108,6 +176,36 @@ impl Scheduler {
                 "bounced" => w.bounced += 1,
                 "deferred" => w.deferred += 1,
                 _ => {}
+            }
+        }
+    }
+
+    /// The warm-up state of every source that has a schedule, by source name (what the
+    /// engine keeps in the spool so a restart does not send an IP back to day 1).
+    pub fn warm_snapshot(&self) -> Vec<(String, WarmState)> {
+        let g = self.lock();
+        g.sources
+            .iter()
+            .zip(g.warm.iter())
+            .filter(|(s, _)| !s.warmup.is_empty())
+            .map(|(s, w)| (s.name.clone(), w.clone()))
+            .collect()
+    }
+
+    /// Take back saved warm-up states; sources no longer configured (or without a schedule)
+    /// are ignored.
+    pub fn restore_warm(&self, saved: Vec<(String, WarmState)>) {
+        let mut g = self.lock();
+        for (name, st) in saved {
+            let Some(i) = g
+                .sources
+                .iter()
+                .position(|s| s.name == name && !s.warmup.is_empty())
+            else {
+                continue;
+            };
+            if let Some(w) = g.warm.get_mut(i) {
+                *w = st;
             }
         }
     }
