@@ -2,14 +2,16 @@
 //! per-campaign rate cap, live counts, and the circuit breaker that pauses a campaign whose
 //! hard-bounce or complaint ratio shows a bought or stale list.
 //!
-//! States (paused, cancelled, rate caps) are persisted in the spool and survive restarts;
-//! the counters are kept in memory (they restart at zero, the queued count is rebuilt).
+//! States (paused, cancelled, rate caps) are persisted in the spool at once; the counters
+//! are written every minute and at shutdown (the queued count is rebuilt from the spool),
+//! so a restart neither zeroes a campaign's figures nor resets its circuit breaker.
 
 use crate::spool::Spool;
 use crate::throttle::Gcra;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 const TABLE: &str = "campaigns";
 
@@ -67,6 +69,57 @@ struct Saved {
     state: State,
     reason: Option<String>,
     rate_cap: Option<u64>,
+    /// A campaign's counters (not a tenant's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    counts: Option<Counts>,
+    /// A campaign's tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
+}
+
+/// How often the counters are written (and once more at shutdown).
+pub const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A campaign's counters as kept in the spool.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq, Eq)]
+struct Counts {
+    accepted: u64,
+    delivered: u64,
+    deferred: u64,
+    bounced: u64,
+    hard_bounces: u64,
+    complaints: u64,
+    expired: u64,
+    suppressed: u64,
+    cancelled: u64,
+}
+
+impl Counts {
+    fn of(s: &CampaignStats) -> Counts {
+        Counts {
+            accepted: s.accepted,
+            delivered: s.delivered,
+            deferred: s.deferred,
+            bounced: s.bounced,
+            hard_bounces: s.hard_bounces,
+            complaints: s.complaints,
+            expired: s.expired,
+            suppressed: s.suppressed,
+            cancelled: s.cancelled,
+        }
+    }
+
+    fn apply(&self, s: &mut CampaignStats) {
+        s.accepted = self.accepted;
+        s.delivered = self.delivered;
+        s.deferred = self.deferred;
+        s.bounced = self.bounced;
+        s.hard_bounces = self.hard_bounces;
+        s.complaints = self.complaints;
+        s.expired = self.expired;
+        s.suppressed = self.suppressed;
+        s.cancelled = self.cancelled;
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -92,8 +145,10 @@ pub struct Campaigns {
     spool: Spool,
     stats: DashMap<String, CampaignStats>,
     tenants: DashMap<String, Saved>,
-    buckets: Mutex<std::collections::HashMap<String, Gcra>>,
+    buckets: Mutex<HashMap<String, Gcra>>,
     cfg: BreakerCfg,
+    /// The counters last written, by campaign.
+    written: Mutex<HashMap<String, Counts>>,
 }
 
 /// Key of a campaign ("" when none was given).
@@ -109,6 +164,7 @@ impl Campaigns {
             tenants: DashMap::new(),
             buckets: Mutex::new(Default::default()),
             cfg,
+            written: Mutex::new(Default::default()),
         };
         for (k, v) in c.spool.kv_scan(TABLE)? {
             let Ok(saved) = serde_json::from_slice::<Saved>(&v) else {
@@ -122,6 +178,15 @@ impl Campaigns {
                 s.state = saved.state;
                 s.reason = saved.reason;
                 s.rate_cap_per_hour = saved.rate_cap;
+                if s.tenant.is_none() {
+                    s.tenant = saved.tenant;
+                }
+                if let Some(counts) = saved.counts {
+                    counts.apply(&mut s);
+                    if let Ok(mut w) = c.written.lock() {
+                        w.insert(name.to_string(), counts);
+                    }
+                }
             }
         }
         Ok(c)
@@ -139,6 +204,40 @@ impl Campaigns {
             state: s.state,
             reason: s.reason.clone(),
             rate_cap: s.rate_cap_per_hour,
+            counts: Some(Counts::of(s)),
+            tenant: s.tenant.clone(),
+        }
+    }
+
+    /// Write the counters of every campaign whose counters changed since the last write.
+    pub async fn save_counts(&self) {
+        let todo: Vec<(String, Saved)> = {
+            let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+            self.stats
+                .iter()
+                .filter(|s| written.get(s.key()) != Some(&Counts::of(s.value())))
+                .map(|s| (s.key().clone(), Self::saved_of(s.value())))
+                .collect()
+        };
+        for (k, saved) in todo {
+            self.persist(format!("campaign:{k}"), &saved).await;
+            if let (Some(c), Ok(mut w)) = (saved.counts, self.written.lock()) {
+                w.insert(k, c);
+            }
+        }
+    }
+
+    /// The task that writes the counters every [`SAVE_EVERY`] and at shutdown.
+    pub async fn keep(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            let stop = tokio::select! {
+                _ = tokio::time::sleep(SAVE_EVERY) => false,
+                _ = shutdown.changed() => true,
+            };
+            self.save_counts().await;
+            if stop {
+                return;
+            }
         }
     }
 

@@ -297,6 +297,7 @@ impl Engine {
         let mut tasks = vec![
             tokio::spawn(sched.clone().run_timer(shutdown_rx.clone())),
             tokio::spawn(reclaim.run(shutdown_rx.clone())),
+            tokio::spawn(campaigns.clone().keep(shutdown_rx.clone())),
             tokio::spawn(crate::queue::warmup::keep(
                 sched.clone(),
                 spool.clone(),

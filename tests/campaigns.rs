@@ -194,3 +194,40 @@ async fn campaign_rate_cap_spreads_its_deliveries() {
     assert_eq!(mx.transactions().len(), 4, "one every 10 s of clock time");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_campaigns_counts_survive_a_restart() {
+    let net = 88;
+    let mx = FakeMx::start(
+        ipa(net, 2),
+        MX_PORT,
+        MxScript {
+            rcpt_replies: vec![("gone".into(), 550, "5.1.1 user unknown".into())],
+            ..MxScript::default()
+        },
+    )
+    .await;
+    let mut h = Harness::start(dns(net), Opts::new(net)).await;
+    let rcpts: Vec<String> = (0..4)
+        .map(|i| format!("r{i}@a.test"))
+        .chain(["gone@a.test".to_string()])
+        .collect();
+    inject(&h, "winter", &rcpts).await;
+    for r in &rcpts[..4] {
+        h.wait_for("delivered", r).await;
+    }
+    h.wait_for("bounced", "gone@a.test").await;
+    let before = campaign(&h, "winter").await;
+    assert_eq!(
+        (before["accepted"].as_u64(), before["delivered"].as_u64()),
+        (Some(5), Some(4)),
+        "{before}"
+    );
+    h.restart().await;
+    let after = campaign(&h, "winter").await;
+    for k in ["accepted", "delivered", "bounced", "hard_bounces", "queued"] {
+        assert_eq!(after[k], before[k], "{k}: {before} then {after}");
+    }
+    drop(mx);
+    h.shutdown().await;
+}
