@@ -68,6 +68,39 @@ impl Out {
         }
     }
 
+    /// Flush, shift `.n` → `.n+1` (dropping what passes `keep`), rename the file to `.1`
+    /// and open a new one (true when it did). A failed rotation is retried after another
+    /// `size` bytes.
+    fn rotate(&mut self, size: u64, keep: u32) -> bool {
+        self.flush();
+        let path = self.path.clone();
+        let result = if keep == 0 {
+            std::fs::remove_file(&path)
+        } else {
+            let mut r = Ok(());
+            for n in (1..keep).rev() {
+                let from = rotated(&path, n);
+                if from.exists() {
+                    if let Err(e) = std::fs::rename(&from, rotated(&path, n + 1)) {
+                        r = Err(e);
+                    }
+                }
+            }
+            r.and(std::fs::rename(&path, rotated(&path, 1)))
+        };
+        let rotated = result.is_ok();
+        if let Err(err) = result {
+            tracing::error!(path = %path.display(), error = %err, "cannot rotate the file");
+        }
+        if let Err(err) = self.reopen() {
+            tracing::error!(error = %err, "cannot reopen the file after rotation");
+        }
+        if self.size >= size {
+            self.size = 0;
+        }
+        rotated
+    }
+
     /// Flush, then reopen by name (the current file may have been renamed).
     fn reopen(&mut self) -> Result<(), EventsError> {
         self.flush();
@@ -151,38 +184,20 @@ impl LogWriter {
         if let Some(c) = &mut self.csv {
             if let Some(rec) = csv::csv_record(e) {
                 c.write(rec.as_bytes());
+                // the accounting file rotates by the same size and count, header first
+                if self.rotate_size > 0
+                    && c.size >= self.rotate_size
+                    && c.rotate(self.rotate_size, self.rotate_keep)
+                {
+                    header(c);
+                }
             }
         }
     }
 
-    /// Between two lines: flush, shift `.n` → `.n+1`, rename the log to `.1`, open a new one.
+    /// Between two lines: rotate the log.
     fn rotate(&mut self) {
-        self.log.flush();
-        let path = self.log.path.clone();
-        let result = if self.rotate_keep == 0 {
-            std::fs::remove_file(&path)
-        } else {
-            let mut r = Ok(());
-            for n in (1..self.rotate_keep).rev() {
-                let from = rotated(&path, n);
-                if from.exists() {
-                    if let Err(e) = std::fs::rename(&from, rotated(&path, n + 1)) {
-                        r = Err(e);
-                    }
-                }
-            }
-            r.and(std::fs::rename(&path, rotated(&path, 1)))
-        };
-        if let Err(err) = result {
-            tracing::error!(path = %path.display(), error = %err, "cannot rotate the event log");
-        }
-        if let Err(err) = self.log.reopen() {
-            tracing::error!(error = %err, "cannot reopen the event log after rotation");
-        }
-        // a failed rotation is retried after another rotate_size bytes, not on every line
-        if self.log.size >= self.rotate_size {
-            self.log.size = 0;
-        }
+        self.log.rotate(self.rotate_size, self.rotate_keep);
     }
 
     fn reopen(&mut self) {
