@@ -119,6 +119,42 @@ async fn hourly_rate_is_smooth_and_follows_the_level() {
     h.shutdown().await;
 }
 
+/// Under an hourly cap whose next token is due within the idle timeout, a connection waits
+/// for it instead of closing: the messages go over one connection, not one each.
+#[tokio::test]
+async fn a_connection_waits_for_a_near_token_instead_of_closing() {
+    let net = 68;
+    let mx = FakeMx::start(ipa(net, 2), MX_PORT, MxScript::default()).await;
+    let mut o = Opts::new(net);
+    o.manual_clock = true;
+    // 3,600/h: a burst of 10, then one message a second, within the 2 s idle timeout
+    o.rules = Some(catch_all(
+        1,
+        100,
+        "messages_per_hour = 3600\nidle_timeout = \"2s\"",
+    ));
+    let mut h = Harness::start(hosted(net, 1), o).await;
+    let rcpts: Vec<String> = (0..30).map(|i| format!("u{i}@d0.test")).collect();
+    inject_many(&h, &rcpts).await;
+    // the burst goes at once; then one token per second of clock time
+    for _ in 0..10 {
+        h.wait_event("a burst delivery", |e| e.event == "delivered")
+            .await;
+    }
+    for _ in 0..20 {
+        h.advance(Duration::from_secs(1));
+        h.wait_event("a paced delivery", |e| e.event == "delivered")
+            .await;
+    }
+    assert_eq!(mx.transactions().len(), 30);
+    assert_eq!(
+        mx.connections().len(),
+        1,
+        "paced over one connection, not reconnecting for every token"
+    );
+    h.shutdown().await;
+}
+
 #[tokio::test]
 async fn source_weights_split_traffic() {
     let net = 62;

@@ -366,6 +366,12 @@ async fn serve_host(
         let d = match ctx.sched.next_for(qid, sent) {
             Next::Deliver(d) => d,
             Next::Stop => break,
+            Next::Wait(ms) => {
+                // the hourly rate's next token is near: keep the connection for it
+                ctx.clock.sleep(std::time::Duration::from_millis(ms)).await;
+                ctx.sched.paced(qid);
+                continue;
+            }
             Next::Empty => {
                 // wait for more work up to the idle timeout
                 let notified = info.notify.notified();

@@ -30,6 +30,7 @@ use route::{Pool, Route};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 
 pub use status::{PathStatus, Totals};
@@ -62,6 +63,9 @@ struct Queue {
     idle: u32,
     /// In its path's `waiting` list.
     waiting: bool,
+    /// Connections waiting for the path's rate (`Next::Wait`): while one does, another
+    /// connection would only wait too, so none is opened.
+    pacing: u32,
     notify: Arc<Notify>,
     path: Arc<str>,
     source: usize,
@@ -166,6 +170,10 @@ pub enum Next {
     Deliver(Delivery),
     /// Nothing queued right now (wait up to the idle timeout, then quit).
     Empty,
+    /// The path's hourly rate allows the next message in this many ms, within the rule's
+    /// idle timeout: keep the connection, wait (on the engine's clock), call
+    /// [`Scheduler::paced`], then ask again. Longer waits get `Stop`.
+    Wait(u64),
     /// Quit now: limits, suspension, pause or messages_per_connection say so.
     Stop,
 }
@@ -396,7 +404,7 @@ impl Scheduler {
         let Some(q) = g.queues.get(&qid) else {
             return Connect::NotNow;
         };
-        if !q.wants_more() || q.throttled_until.is_some_and(|t| t > now) {
+        if !q.wants_more() || q.pacing > 0 || q.throttled_until.is_some_and(|t| t > now) {
             return Connect::NotNow;
         }
         let pidx = q.pidx;
@@ -552,14 +560,26 @@ impl Scheduler {
                         .throttled
                         .with_label_values(&[&rule.name])
                         .inc();
+                    let pace = Duration::from_millis(wait) <= rule.idle_timeout;
                     if let Some(q) = g.queues.get_mut(&qid) {
                         q.push(d, true);
                         q.throttled_until = Some(now + wait);
+                        if pace {
+                            q.pacing += 1;
+                        }
                     }
                     self.schedule(&mut g, now + wait, Wake::Queue(qid));
-                    return Next::Stop;
+                    return if pace { Next::Wait(wait) } else { Next::Stop };
                 }
             }
+        }
+    }
+
+    /// A connection told `Next::Wait` has waited.
+    pub fn paced(&self, qid: u64) {
+        let mut g = self.lock();
+        if let Some(q) = g.queues.get_mut(&qid) {
+            q.pacing = q.pacing.saturating_sub(1);
         }
     }
 
@@ -661,6 +681,7 @@ impl Scheduler {
             return;
         };
         q.connections = q.connections.saturating_sub(1);
+        q.pacing = q.pacing.min(q.connections);
         if q.connections == 0 {
             q.idle = 0;
         }

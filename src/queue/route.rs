@@ -308,6 +308,7 @@ impl Scheduler {
             notify: Arc::new(Notify::new()),
             idle: 0,
             waiting: false,
+            pacing: 0,
         });
         g.queue_index.insert(key, qid);
         if let Some(p) = g.paths.get_mut(&path_id) {
