@@ -183,7 +183,17 @@ impl std::fmt::Display for DemoSummary {
         writeln!(f, "  {head}")?;
         for h in &self.hosts {
             let rate = match (h.rate_per_hour, h.messages_per_hour) {
-                (Some(r), Some(limit)) => check(r.round() as usize, limit),
+                // measured where the mail arrives, after the sending machine's own latency:
+                // a busy moment early on compresses the span a little (up to 5 %)
+                (Some(r), Some(limit)) => {
+                    let r = r.round() as u64;
+                    let verdict = if r as f64 <= limit as f64 * 1.05 {
+                        "ok"
+                    } else {
+                        "OVER"
+                    };
+                    format!("{r} ~ {limit} {verdict}")
+                }
                 (Some(r), None) => format!("{} (no cap)", r.round()),
                 (None, _) => "-".into(),
             };
