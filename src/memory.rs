@@ -6,7 +6,9 @@
 //! after a big campaign the process could hold twice the memory its queues need. Intake
 //! counts the recipients it accepted; a task looks every few seconds and, after enough
 //! intake, asks glibc (`malloc_trim`) to give free pages back — when at least [`MIN_FREE`]
-//! is free: a smaller trim would cost page faults for little. Elsewhere it does nothing.
+//! is free: a smaller trim would cost page faults for little. [`configure`] also caps
+//! glibc's arenas and fixes its mmap threshold, so less is stranded to begin with.
+//! With another allocator, all of this does nothing.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,13 +44,14 @@ impl Reclaim {
         self.accepted.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Trims done so far.
+    /// Trims asked for so far (each gives memory back only when [`MIN_FREE`] is free).
     pub fn trims(&self) -> u64 {
         self.trims.load(Ordering::Relaxed)
     }
 
     /// Trim now if enough was accepted since the last time, or once more when intake has
-    /// gone quiet after such a trim; true when it trimmed.
+    /// gone quiet after such a trim; true when it asked for one. (A count racing the
+    /// reset may be lost: this is a heuristic, not an account.)
     pub fn tick(&self) -> bool {
         let n = self.accepted.load(Ordering::Relaxed);
         let before = self.seen.swap(n, Ordering::Relaxed);

@@ -25,6 +25,12 @@ impl Paths {
         self.index.get(id).copied()
     }
 
+    /// A path and its position.
+    pub fn find(&self, id: &str) -> Option<(usize, &PathState)> {
+        let i = self.position(id)?;
+        self.list.get(i).map(|p| (i, p))
+    }
+
     pub fn get(&self, id: &str) -> Option<&PathState> {
         self.position(id).and_then(|i| self.list.get(i))
     }

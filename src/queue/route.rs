@@ -145,13 +145,7 @@ impl Scheduler {
             .filter(|r| r.until_ms > now)
             .map(|r| (r.rule, r.first));
         let Some((rule, first)) = hit else {
-            let domain = d.domain().to_string();
-            let list = g.pending.entry(domain.clone()).or_default();
-            list.push(d);
-            g.pending_count += 1;
-            if list.len() == 1 {
-                let _ = self.resolve_tx.send(domain);
-            }
+            self.wait_for_dns(g, d);
             return;
         };
         let source = self.pick_source(g, &d, None, None);
@@ -169,6 +163,7 @@ impl Scheduler {
                     .get(d.domain())
                     .map(|r| (r.more.site.clone(), r.more.targets.clone()))
                 else {
+                    self.wait_for_dns(g, d);
                     return;
                 };
                 let q = self.queue_for(g, &d, rule, &site, targets, source);
@@ -179,6 +174,17 @@ impl Scheduler {
             }
         };
         self.push(g, qid, d, now);
+    }
+
+    /// Park a delivery until its domain is resolved (asking for the resolution once).
+    fn wait_for_dns(&self, g: &mut Inner, d: Delivery) {
+        let domain = d.domain().to_string();
+        let list = g.pending.entry(domain.clone()).or_default();
+        list.push(d);
+        g.pending_count += 1;
+        if list.len() == 1 {
+            let _ = self.resolve_tx.send(domain);
+        }
     }
 
     /// Put a delivery on its queue (choosing its source), maybe opening a connection.
@@ -276,11 +282,8 @@ impl Scheduler {
             group
         );
         let id = short_id(&path_key);
-        let (path_id, pidx): (Arc<str>, usize) = match g.paths.position(id.as_str()) {
-            Some(i) => match g.paths.at(i) {
-                Some(p) => (p.id.clone(), i),
-                None => return 0,
-            },
+        let (path_id, pidx): (Arc<str>, usize) = match g.paths.find(id.as_str()) {
+            Some((i, p)) => (p.id.clone(), i),
             None => {
                 let a: Arc<str> = Arc::from(id);
                 let mut p = PathState::new(a.clone(), rule, path_src, group);
