@@ -1,6 +1,7 @@
 //! Campaign controls: per-campaign (and per-tenant) pause / resume / cancel, an optional
-//! per-campaign rate cap, live counts, and the circuit breaker that pauses a campaign whose
-//! hard-bounce or complaint ratio shows a bought or stale list.
+//! per-campaign rate cap, live counts, and the circuit breakers that pause a campaign — or a
+//! tenant, judged over all its campaigns together — whose hard-bounce or complaint ratio
+//! shows a bought or stale list. After an operator's resume, the breaker judges what follows.
 //!
 //! States (paused, cancelled, rate caps) are persisted in the spool at once; the counters
 //! are written every minute and at shutdown (the queued count is rebuilt from the spool),
@@ -147,7 +148,12 @@ pub struct Campaigns {
     tenants: DashMap<String, Saved>,
     buckets: Mutex<HashMap<String, Gcra>>,
     cfg: BreakerCfg,
-    /// The counters last written, by campaign.
+    /// Outcomes per tenant, all its campaigns together (for the tenant's breaker).
+    tenant_counts: DashMap<String, Counts>,
+    /// Where the breaker starts counting, by spool key: an operator's resume sets it to the
+    /// counts of that moment, so a resumed campaign or tenant is judged on what follows.
+    baselines: DashMap<String, (u64, u64, u64)>,
+    /// The counters last written, by spool key (`campaign:…`, `tenant:…`).
     written: Mutex<HashMap<String, Counts>>,
 }
 
@@ -164,6 +170,8 @@ impl Campaigns {
             tenants: DashMap::new(),
             buckets: Mutex::new(Default::default()),
             cfg,
+            tenant_counts: DashMap::new(),
+            baselines: DashMap::new(),
             written: Mutex::new(Default::default()),
         };
         for (k, v) in c.spool.kv_scan(TABLE)? {
@@ -171,6 +179,12 @@ impl Campaigns {
                 continue;
             };
             if let Some(t) = k.strip_prefix("tenant:") {
+                if let Some(counts) = saved.counts {
+                    c.tenant_counts.insert(t.to_string(), counts);
+                    if let Ok(mut w) = c.written.lock() {
+                        w.insert(k.clone(), counts);
+                    }
+                }
                 c.tenants.insert(t.to_string(), saved);
             } else if let Some(name) = k.strip_prefix("campaign:") {
                 let mut s = c.stats.entry(name.to_string()).or_default();
@@ -184,7 +198,7 @@ impl Campaigns {
                 if let Some(counts) = saved.counts {
                     counts.apply(&mut s);
                     if let Ok(mut w) = c.written.lock() {
-                        w.insert(name.to_string(), counts);
+                        w.insert(k.clone(), counts);
                     }
                 }
             }
@@ -209,18 +223,35 @@ impl Campaigns {
         }
     }
 
-    /// Write the counters of every campaign whose counters changed since the last write.
+    /// Write the counters of every campaign and tenant whose counters changed since the
+    /// last write.
     pub async fn save_counts(&self) {
         let todo: Vec<(String, Saved)> = {
             let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-            self.stats
+            let campaigns = self
+                .stats
                 .iter()
-                .filter(|s| written.get(s.key()) != Some(&Counts::of(s.value())))
-                .map(|s| (s.key().clone(), Self::saved_of(s.value())))
+                .map(|s| (format!("campaign:{}", s.key()), Self::saved_of(s.value())));
+            // one map at a time: the counts first, then each tenant's state
+            let counts: Vec<(String, Counts)> = self
+                .tenant_counts
+                .iter()
+                .map(|c| (c.key().clone(), *c.value()))
+                .collect();
+            let tenants = counts.into_iter().map(|(t, c)| {
+                let mut saved = self.tenants.get(&t).map(|s| s.clone()).unwrap_or_default();
+                saved.counts = Some(c);
+                (format!("tenant:{t}"), saved)
+            });
+            campaigns
+                .chain(tenants)
+                .filter(|(k, saved)| {
+                    saved.counts.is_some() && written.get(k) != saved.counts.as_ref()
+                })
                 .collect()
         };
         for (k, saved) in todo {
-            self.persist(format!("campaign:{k}"), &saved).await;
+            self.persist(k.clone(), &saved).await;
             if let (Some(c), Ok(mut w)) = (saved.counts, self.written.lock()) {
                 w.insert(k, c);
             }
@@ -312,36 +343,94 @@ impl Campaigns {
                 s.complaints += 1;
             }
             let done = s.delivered + s.bounced + s.expired;
-            if self.cfg.breaker
-                && s.state == State::Active
-                && !k.is_empty()
-                && done >= self.cfg.breaker_min_deliveries
-            {
-                let hard_ratio = s.hard_bounces as f64 / done as f64;
-                let complaint_ratio = s.complaints as f64 / done as f64;
-                if hard_ratio > self.cfg.max_hard_bounce_ratio {
-                    Some(format!(
-                        "circuit breaker: hard-bounce ratio {:.1} % over {} deliveries (limit {:.1} %)",
-                        hard_ratio * 100.0,
-                        done,
-                        self.cfg.max_hard_bounce_ratio * 100.0
-                    ))
-                } else if complaint_ratio > self.cfg.max_complaint_ratio {
-                    Some(format!(
-                        "circuit breaker: complaint ratio {:.2} % over {} deliveries (limit {:.2} %)",
-                        complaint_ratio * 100.0,
-                        done,
-                        self.cfg.max_complaint_ratio * 100.0
-                    ))
-                } else {
-                    None
-                }
+            if s.state == State::Active && !k.is_empty() {
+                self.judge(&format!("campaign:{k}"), done, s.hard_bounces, s.complaints)
             } else {
                 None
             }
         };
         if let Some(reason) = &trip {
             self.set_state(&k, State::Paused, Some(reason.clone()))
+                .await;
+        }
+        trip
+    }
+
+    /// The breaker's verdict on `done` final outcomes with these hard bounces and
+    /// complaints: a reason when a ratio is over its limit.
+    fn judge(&self, key: &str, done: u64, hard: u64, complaints: u64) -> Option<String> {
+        let (d0, h0, c0) = self.baselines.get(key).map(|b| *b).unwrap_or_default();
+        let (done, hard, complaints) = (
+            done.saturating_sub(d0),
+            hard.saturating_sub(h0),
+            complaints.saturating_sub(c0),
+        );
+        if !self.cfg.breaker || done == 0 || done < self.cfg.breaker_min_deliveries {
+            return None;
+        }
+        let hard_ratio = hard as f64 / done as f64;
+        let complaint_ratio = complaints as f64 / done as f64;
+        if hard_ratio > self.cfg.max_hard_bounce_ratio {
+            Some(format!(
+                "circuit breaker: hard-bounce ratio {:.1} % over {} deliveries (limit {:.1} %)",
+                hard_ratio * 100.0,
+                done,
+                self.cfg.max_hard_bounce_ratio * 100.0
+            ))
+        } else if complaint_ratio > self.cfg.max_complaint_ratio {
+            Some(format!(
+                "circuit breaker: complaint ratio {:.2} % over {} deliveries (limit {:.2} %)",
+                complaint_ratio * 100.0,
+                done,
+                self.cfg.max_complaint_ratio * 100.0
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Count an outcome against its tenant: all the tenant's campaigns together, so a list
+    /// spread over many small campaigns (each under `breaker_min_deliveries`) is still
+    /// judged. Returns a reason when the tenant's breaker trips (the tenant is then paused:
+    /// every campaign of it waits).
+    pub async fn on_tenant_outcome(
+        &self,
+        tenant: Option<&str>,
+        result: &str,
+        hard: bool,
+        complaint: bool,
+    ) -> Option<String> {
+        let t = tenant?;
+        // one map at a time (no guard held while another map is locked)
+        let active = self.tenants.get(t).is_none_or(|s| s.state == State::Active);
+        let (done, hard_n, complaints) = {
+            let mut c = self.tenant_counts.entry(t.to_string()).or_default();
+            match result {
+                "delivered" => c.delivered += 1,
+                "bounced" | "returned" => c.bounced += 1,
+                "expired" => c.expired += 1,
+                _ => {}
+            }
+            if hard {
+                c.hard_bounces += 1;
+            }
+            if complaint {
+                c.complaints += 1;
+            }
+            (
+                c.delivered + c.bounced + c.expired,
+                c.hard_bounces,
+                c.complaints,
+            )
+        };
+        let trip = if active {
+            self.judge(&format!("tenant:{t}"), done, hard_n, complaints)
+                .map(|r| format!("tenant {r}"))
+        } else {
+            None
+        };
+        if let Some(reason) = &trip {
+            self.set_tenant_state(t, State::Paused, Some(reason.clone()))
                 .await;
         }
         trip
@@ -356,6 +445,17 @@ impl Campaigns {
         let saved = {
             let mut s = self.stats.entry(campaign.to_string()).or_default();
             s.campaign = campaign.to_string();
+            if state == State::Active && s.state != State::Active {
+                // resumed: the breaker judges what follows
+                self.baselines.insert(
+                    format!("campaign:{campaign}"),
+                    (
+                        s.delivered + s.bounced + s.expired,
+                        s.hard_bounces,
+                        s.complaints,
+                    ),
+                );
+            }
             s.state = state;
             s.reason = reason;
             Self::saved_of(&s)
@@ -364,12 +464,25 @@ impl Campaigns {
     }
 
     pub async fn set_tenant_state(&self, tenant: &str, state: State, reason: Option<String>) {
-        let saved = {
+        let counts = self.tenant_counts.get(tenant).map(|c| *c);
+        let mut saved = {
             let mut t = self.tenants.entry(tenant.to_string()).or_default();
+            if let (true, Some(c)) = (state == State::Active && t.state != State::Active, counts) {
+                // resumed: the breaker judges what follows
+                self.baselines.insert(
+                    format!("tenant:{tenant}"),
+                    (
+                        c.delivered + c.bounced + c.expired,
+                        c.hard_bounces,
+                        c.complaints,
+                    ),
+                );
+            }
             t.state = state;
             t.reason = reason;
             t.clone()
         };
+        saved.counts = counts;
         self.persist(format!("tenant:{tenant}"), &saved).await;
     }
 
@@ -429,5 +542,66 @@ impl Campaigns {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn campaigns(dir: &std::path::Path) -> Campaigns {
+        let spool =
+            Spool::open(&dir.join("s.redb"), crate::Clock::System, 86_400_000).expect("spool");
+        let cfg = BreakerCfg {
+            breaker: true,
+            breaker_min_deliveries: 4,
+            max_hard_bounce_ratio: 0.2,
+            max_complaint_ratio: 0.5,
+        };
+        Campaigns::open(spool, cfg).expect("campaigns")
+    }
+
+    #[tokio::test]
+    async fn a_resumed_tenant_is_judged_on_what_follows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = campaigns(dir.path());
+        let t = Some("acme");
+        // four campaigns of one hard bounce each: none reaches 4 outcomes, the tenant does
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            assert_eq!(c.on_outcome(Some(name), "bounced", true, false).await, None);
+            assert_eq!(
+                c.on_tenant_outcome(t, "bounced", true, false).await,
+                None,
+                "{i}"
+            );
+        }
+        assert_eq!(c.on_outcome(Some("d"), "bounced", true, false).await, None);
+        let trip = c.on_tenant_outcome(t, "bounced", true, false).await;
+        assert!(trip.is_some_and(|r| r.starts_with("tenant circuit breaker")));
+        assert!(c.held(Some("a"), t), "the tenant's campaigns wait");
+        // the operator resumes: the next hard bounce alone does not trip it again
+        c.set_tenant_state("acme", State::Active, None).await;
+        assert!(!c.held(Some("a"), t));
+        for _ in 0..3 {
+            assert_eq!(c.on_tenant_outcome(t, "bounced", true, false).await, None);
+        }
+        // four more since the resume: judged again, and tripped
+        assert!(c
+            .on_tenant_outcome(t, "bounced", true, false)
+            .await
+            .is_some());
+        // clean tenants and outcomes without a tenant are left alone
+        for _ in 0..10 {
+            assert_eq!(
+                c.on_tenant_outcome(Some("clean"), "delivered", false, false)
+                    .await,
+                None
+            );
+            assert_eq!(
+                c.on_tenant_outcome(None, "bounced", true, false).await,
+                None
+            );
+        }
+        c.spool.close();
     }
 }

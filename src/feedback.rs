@@ -127,6 +127,20 @@ impl FeedbackHandler {
                     ..Event::default()
                 });
             }
+            if let Some(reason) = self
+                .campaigns
+                .on_tenant_outcome(d.tenant(), result, hard, complaint)
+                .await
+            {
+                self.metrics.breaker_trips.inc();
+                self.events.emit(Event {
+                    ts: crate::clock::rfc3339(now),
+                    event: "tenant_paused".into(),
+                    tenant: d.tenant().map(str::to_string),
+                    message: Some(reason),
+                    ..Event::default()
+                });
+            }
         }
         if let Some(addr) = recipient {
             let tenant = delivery

@@ -231,3 +231,75 @@ async fn a_campaigns_counts_survive_a_restart() {
     drop(mx);
     h.shutdown().await;
 }
+
+/// A bought list spread over many small campaigns (each under the breaker's minimum) is
+/// judged as the tenant's: the tenant is paused, and with it every campaign of it.
+#[tokio::test]
+async fn the_tenant_breaker_catches_a_list_split_into_small_campaigns() {
+    let net = 89;
+    let script = MxScript {
+        rcpt_replies: vec![("dead".into(), 550, "5.1.1 User unknown".into())],
+        ..Default::default()
+    };
+    let _mx = FakeMx::start(ipa(net, 2), MX_PORT, script).await;
+    let mut o = Opts::new(net);
+    o.extra = "[campaigns]\nbreaker_min_deliveries = 20\nmax_hard_bounce_ratio = 0.2\n".into();
+    o.rules = Some(common::harness::catch_all(1, 100, ""));
+    let mut h = Harness::start(dns(net), o).await;
+    // eight campaigns of 8 recipients, half dead: none reaches 20 outcomes on its own
+    for c in 0..8 {
+        let rcpts: Vec<String> = (0..8)
+            .map(|i| {
+                if i % 2 == 0 {
+                    format!("dead{c}x{i}@a.test")
+                } else {
+                    format!("ok{c}x{i}@a.test")
+                }
+            })
+            .collect();
+        let body = json!({"campaign": format!("small{c}"), "tenant": "acme",
+            "recipients": rcpts, "content": message("x")});
+        let (code, v) = http(
+            h.http(),
+            "POST",
+            "/api/v1/messages",
+            Some(&body.to_string()),
+            None,
+        )
+        .await;
+        assert_eq!(code, 202, "{v}");
+    }
+    let ev = h
+        .wait_event("tenant breaker", |e| e.event == "tenant_paused")
+        .await;
+    assert_eq!(ev.tenant.as_deref(), Some("acme"));
+    assert!(
+        ev.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("hard-bounce ratio"),
+        "{:?}",
+        ev.message
+    );
+    let (_, v) = http(h.http(), "GET", "/api/v1/campaigns", None, None).await;
+    let acme = v["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "acme")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(acme["state"], "paused", "{v}");
+    // no single campaign tripped its own breaker
+    for c in v["campaigns"].as_array().unwrap() {
+        assert_eq!(c["state"], "active", "{c}");
+    }
+    let done: u64 = v["campaigns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["delivered"].as_u64().unwrap_or(0) + c["bounced"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(done < 64, "the rest of the tenant's mail waits: {v}");
+    h.shutdown().await;
+}

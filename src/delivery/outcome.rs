@@ -82,7 +82,7 @@ impl Ctx {
         }
     }
 
-    /// Campaign counters and the circuit breaker.
+    /// Campaign and tenant counters and their circuit breakers.
     async fn campaign(&self, d: &Delivery, result: &str, hard: bool, complaint: bool) {
         if let Some(reason) = self
             .campaigns
@@ -91,6 +91,26 @@ impl Ctx {
         {
             self.campaign_paused(d.campaign(), d.tenant(), &reason);
         }
+        if let Some(reason) = self
+            .campaigns
+            .on_tenant_outcome(d.tenant(), result, hard, complaint)
+            .await
+        {
+            self.tenant_paused(d.tenant(), &reason);
+        }
+    }
+
+    /// Announce an automatic tenant pause (the tenant-wide circuit breaker).
+    pub fn tenant_paused(&self, tenant: Option<&str>, reason: &str) {
+        tracing::warn!(tenant, reason, "tenant paused");
+        self.metrics.breaker_trips.inc();
+        self.events.emit(crate::events::Event {
+            ts: crate::clock::rfc3339(self.clock.now_ms()),
+            event: "tenant_paused".into(),
+            tenant: tenant.map(str::to_string),
+            message: Some(reason.to_string()),
+            ..crate::events::Event::default()
+        });
     }
 
     /// Announce an automatic campaign pause (circuit breaker).
