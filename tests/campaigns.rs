@@ -15,7 +15,12 @@ fn dns(net: u8) -> DnsBuilder {
 }
 
 async fn inject(h: &Harness, campaign: &str, rcpts: &[String]) {
-    let body = json!({"campaign": campaign, "recipients": rcpts, "content": message("x")});
+    inject_for(h, campaign, None, rcpts).await
+}
+
+async fn inject_for(h: &Harness, campaign: &str, tenant: Option<&str>, rcpts: &[String]) {
+    let body = json!({"campaign": campaign, "tenant": tenant, "recipients": rcpts,
+        "content": message("x")});
     let (c, v) = http(
         h.http(),
         "POST",
@@ -36,6 +41,33 @@ async fn campaign(h: &Harness, name: &str) -> serde_json::Value {
         .find(|c| c["campaign"] == name)
         .cloned()
         .unwrap_or_default()
+}
+
+/// A fake MX that refuses the "dead" addresses for good, and an engine whose breaker judges
+/// after `min` outcomes at a 20 % hard-bounce limit.
+async fn bad_list_engine(net: u8, min: u32) -> (FakeMx, Harness) {
+    let script = MxScript {
+        rcpt_replies: vec![("dead".into(), 550, "5.1.1 User unknown".into())],
+        ..Default::default()
+    };
+    let mx = FakeMx::start(ipa(net, 2), MX_PORT, script).await;
+    let mut o = Opts::new(net);
+    o.extra = format!("[campaigns]\nbreaker_min_deliveries = {min}\nmax_hard_bounce_ratio = 0.2\n");
+    o.rules = Some(common::harness::catch_all(1, 100, ""));
+    (mx, Harness::start(dns(net), o).await)
+}
+
+/// `n` recipients, every other one a dead address (a bought list).
+fn half_dead(prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("dead{prefix}{i}@a.test")
+            } else {
+                format!("ok{prefix}{i}@a.test")
+            }
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -129,27 +161,9 @@ async fn pause_resume_and_cancel_a_campaign() {
 
 #[tokio::test]
 async fn circuit_breaker_pauses_a_campaign_with_a_bad_list() {
-    let net = 86;
-    let script = MxScript {
-        rcpt_replies: vec![("dead".into(), 550, "5.1.1 User unknown".into())],
-        ..Default::default()
-    };
-    let _mx = FakeMx::start(ipa(net, 2), MX_PORT, script).await;
-    let mut o = Opts::new(net);
-    o.extra = "[campaigns]\nbreaker_min_deliveries = 10\nmax_hard_bounce_ratio = 0.2\n".into();
-    o.rules = Some(common::harness::catch_all(1, 100, ""));
-    let mut h = Harness::start(dns(net), o).await;
+    let (_mx, mut h) = bad_list_engine(86, 10).await;
     // a bought list: half the addresses are dead
-    let rcpts: Vec<String> = (0..60)
-        .map(|i| {
-            if i % 2 == 0 {
-                format!("dead{i}@a.test")
-            } else {
-                format!("ok{i}@a.test")
-            }
-        })
-        .collect();
-    inject(&h, "bought", &rcpts).await;
+    inject(&h, "bought", &half_dead("", 60)).await;
     let ev = h
         .wait_event("breaker", |e| e.event == "campaign_paused")
         .await;
@@ -236,38 +250,11 @@ async fn a_campaigns_counts_survive_a_restart() {
 /// judged as the tenant's: the tenant is paused, and with it every campaign of it.
 #[tokio::test]
 async fn the_tenant_breaker_catches_a_list_split_into_small_campaigns() {
-    let net = 89;
-    let script = MxScript {
-        rcpt_replies: vec![("dead".into(), 550, "5.1.1 User unknown".into())],
-        ..Default::default()
-    };
-    let _mx = FakeMx::start(ipa(net, 2), MX_PORT, script).await;
-    let mut o = Opts::new(net);
-    o.extra = "[campaigns]\nbreaker_min_deliveries = 20\nmax_hard_bounce_ratio = 0.2\n".into();
-    o.rules = Some(common::harness::catch_all(1, 100, ""));
-    let mut h = Harness::start(dns(net), o).await;
+    let (_mx, mut h) = bad_list_engine(89, 20).await;
     // eight campaigns of 8 recipients, half dead: none reaches 20 outcomes on its own
     for c in 0..8 {
-        let rcpts: Vec<String> = (0..8)
-            .map(|i| {
-                if i % 2 == 0 {
-                    format!("dead{c}x{i}@a.test")
-                } else {
-                    format!("ok{c}x{i}@a.test")
-                }
-            })
-            .collect();
-        let body = json!({"campaign": format!("small{c}"), "tenant": "acme",
-            "recipients": rcpts, "content": message("x")});
-        let (code, v) = http(
-            h.http(),
-            "POST",
-            "/api/v1/messages",
-            Some(&body.to_string()),
-            None,
-        )
-        .await;
-        assert_eq!(code, 202, "{v}");
+        let rcpts = half_dead(&format!("{c}x"), 8);
+        inject_for(&h, &format!("small{c}"), Some("acme"), &rcpts).await;
     }
     let ev = h
         .wait_event("tenant breaker", |e| e.event == "tenant_paused")
