@@ -327,6 +327,16 @@ fn all_seqs(dir: &Path, keep: u32) -> Vec<u64> {
     out
 }
 
+/// Start the outputs of `cfg`, emit `n` delivered events, and close them (all written).
+async fn write_delivered(cfg: &EventsCfg, n: u64) {
+    let (ev, task) = Events::start_with(cfg, None).expect("start");
+    for i in 0..n {
+        ev.emit(event("delivered", i));
+    }
+    ev.close().await;
+    task.await.expect("events task");
+}
+
 #[tokio::test]
 async fn rotation_keeps_every_line_whole() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -336,12 +346,7 @@ async fn rotation_keeps_every_line_whole() {
         rotate_keep: 100,
         ..EventsCfg::default()
     };
-    let (ev, task) = Events::start_with(&cfg, None).expect("start");
-    for n in 0..300 {
-        ev.emit(event("delivered", n));
-    }
-    ev.close().await;
-    task.await.expect("events task");
+    write_delivered(&cfg, 300).await;
     assert!(rotated(dir.path(), 2).exists(), "rotated more than once");
     assert_eq!(all_seqs(dir.path(), 100), (0..300).collect::<Vec<_>>());
     for n in 1..=100 {
@@ -367,12 +372,7 @@ async fn rotation_keeps_every_line_whole() {
         rotate_keep: 2,
         ..EventsCfg::default()
     };
-    let (ev, task) = Events::start_with(&cfg, None).expect("start");
-    for n in 0..300 {
-        ev.emit(event("delivered", n));
-    }
-    ev.close().await;
-    task.await.expect("events task");
+    write_delivered(&cfg, 300).await;
     assert!(rotated(dir.path(), 2).exists());
     assert!(!rotated(dir.path(), 3).exists());
     let seqs = all_seqs(dir.path(), 2);
@@ -688,12 +688,7 @@ async fn accounting_csv_rotates_with_a_header_in_every_file() {
         rotate_keep: 100,
         ..EventsCfg::default()
     };
-    let (ev, task) = Events::start_with(&cfg, None).expect("start");
-    for n in 0..300 {
-        ev.emit(event("delivered", n));
-    }
-    ev.close().await;
-    task.await.expect("events task");
+    write_delivered(&cfg, 300).await;
     let name = |n: u32| dir.path().join(format!("acct.csv.{n}"));
     assert!(name(2).exists(), "the CSV rotated more than once");
     let mut rows = 0;
